@@ -1,0 +1,232 @@
+"""Tree and mask plumbing shared by every method (private).
+
+Everything here runs at trace time, in Python: it decides *which* leaves a
+transform touches and validates user input with errors that name the offending
+parameter path. The numerics live in :mod:`lawn_optax.projection`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+MaskedNode = optax.MaskedNode
+MaskOrFn = Any  # a pytree of bools (prefix of params) or a callable params -> mask
+
+GRANULARITIES = ("tensor", "unit")
+
+
+def is_masked_node(x: Any) -> bool:
+  return isinstance(x, MaskedNode)
+
+
+def _is_nnx_variable(x: Any) -> bool:
+  # Only look for flax if the user already imported it: the core stays flax-free.
+  nnx = sys.modules.get("flax.nnx")
+  return nnx is not None and isinstance(x, nnx.Variable)
+
+
+def unwrap_variables(tree: Any) -> Any:
+  """Replaces ``flax.nnx.Variable`` wrappers by their values.
+
+  ``nnx.Optimizer`` calls ``init`` with Variable-wrapped params and ``update``
+  with plain arrays; unwrapping both gives every state one structure.
+  """
+  if "flax.nnx" not in sys.modules:
+    return tree
+  return jax.tree.map(
+      lambda x: x.get_value() if _is_nnx_variable(x) else x,
+      tree,
+      is_leaf=_is_nnx_variable,
+  )
+
+
+def key_str(key: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def path_str(path: Sequence[Any]) -> str:
+  """``(DictKey('Dense_0'), DictKey('kernel'))`` -> ``'Dense_0/kernel'``."""
+  return "/".join(key_str(k) for k in path)
+
+
+def natural_key(path: str) -> tuple:
+  """Sort key that orders ``Dense_9`` before ``Dense_10`` (numeric chunks)."""
+  return tuple(
+      tuple((0, int(c), "") if c.isdigit() else (1, 0, c)
+            for c in re.split(r"(\d+)", part) if c)
+      for part in path.split("/")
+  )
+
+
+def flatten_with_paths(tree: Any) -> tuple[list[str], list[Any], Any]:
+  """Flattens ``tree`` (MaskedNode counted as a leaf) into paths, leaves, treedef."""
+  tree = unwrap_variables(tree)
+  items, treedef = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=is_masked_node)
+  return [path_str(p) for p, _ in items], [x for _, x in items], treedef
+
+
+def _as_static_bool(value: Any, where: str) -> bool:
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  if isinstance(value, (np.ndarray, jax.Array)) and value.shape == () and (
+      value.dtype == np.bool_):
+    if isinstance(value, jax.core.Tracer):
+      raise TypeError(
+          f"mask entry '{where}' is a traced array; masks must be static "
+          "Python bools (pass a callable mask through `static_args` of "
+          "optax.inject_hyperparams).")
+    return bool(value)
+  raise TypeError(
+      f"mask entry '{where}' is {value!r} of type {type(value).__name__}; "
+      "mask leaves must be Python bools.")
+
+
+def broadcast_prefix(prefix: Any, params: Any, *, what: str = "mask",
+                     convert: Callable[[Any, str], Any] | None = None
+                     ) -> list[Any]:
+  """Expands a prefix tree to one value per leaf of ``params``.
+
+  ``prefix`` may be a callable ``params -> prefix`` (as in ``optax.masked``), a
+  single value, or a pytree whose paths are a prefix of the params' paths.
+  Containers are matched by path, not by node type, so a plain ``dict`` mask
+  works for ``FrozenDict`` or ``nnx.State`` params.
+
+  Raises:
+    ValueError: naming the first params path without an entry in ``prefix``,
+      or the first entry of ``prefix`` that matches no params path.
+  """
+  params = unwrap_variables(params)
+  if callable(prefix):
+    prefix = prefix(params)
+  prefix = unwrap_variables(prefix)
+  p_paths, _, _ = flatten_with_paths(params)
+  items, _ = jax.tree_util.tree_flatten_with_path(prefix)
+  entries = {tuple(key_str(k) for k in path): value for path, value in items}
+  used: set[tuple[str, ...]] = set()
+  values = []
+  for p in p_paths:
+    parts = tuple(p.split("/")) if p else ()
+    match = next((parts[:k] for k in range(len(parts) + 1)
+                  if parts[:k] in entries), None)
+    if match is None:
+      raise ValueError(
+          f"{what} does not match the params: params leaf '{p}' has no entry "
+          f"in the {what} (it must have the params' structure or a prefix of "
+          f"it). Its paths: {sorted('/'.join(e) for e in entries)[:8]}")
+    used.add(match)
+    value = entries[match]
+    values.append(convert(value, "/".join(match)) if convert else value)
+  unused = [e for e in entries if e not in used]
+  if unused:
+    raise ValueError(
+        f"{what} does not match the params: {what} entry "
+        f"'{'/'.join(sorted(unused)[0])}' matches no parameter.")
+  return values
+
+
+def broadcast_mask(mask: MaskOrFn, params: Any, what: str = "mask"
+                   ) -> list[bool]:
+  """One static bool per leaf of ``params`` (see :func:`broadcast_prefix`)."""
+  return broadcast_prefix(mask, params, what=what, convert=_as_static_bool)
+
+
+class Selection(NamedTuple):
+  """Which leaves of a params tree a transform constrains (static)."""
+  treedef: Any
+  paths: list[str]
+  flags: list[bool]  # True where the leaf is constrained (never on MaskedNode)
+
+  def flatten(self, tree: Any, what: str = "tree") -> list[Any]:
+    tree = unwrap_variables(tree)
+    leaves, treedef = jax.tree.flatten(tree, is_leaf=is_masked_node)
+    if len(leaves) != len(self.flags):
+      raise ValueError(
+          f"{what} has {len(leaves)} leaves but params have "
+          f"{len(self.flags)}: {treedef} vs {self.treedef}")
+    return leaves
+
+  def unflatten(self, leaves: list[Any]) -> Any:
+    return jax.tree.unflatten(self.treedef, leaves)
+
+  def map(self, fn: Callable[..., Any], *trees: list[Any]) -> list[Any]:
+    """``fn`` on selected leaves; MaskedNode elsewhere (a state-shaped list)."""
+    return [fn(*xs) if f else MaskedNode()
+            for f, *xs in zip(self.flags, *trees)]
+
+
+def select(mask: MaskOrFn, params: Any, *, granularity: str = "tensor",
+           unit_axis: int = -1, what: str = "mask") -> Selection:
+  """Resolves ``mask`` against ``params`` and validates every selected leaf."""
+  check_granularity(granularity)
+  flags = broadcast_mask(mask, params, what)
+  paths, leaves, treedef = flatten_with_paths(params)
+  flags = [f and not is_masked_node(x) for f, x in zip(flags, leaves)]
+  if not any(flags):
+    raise ValueError(
+        f"{what} selects no parameter leaf: nothing would be constrained. "
+        f"Params paths: {paths[:8]}{' ...' if len(paths) > 8 else ''}")
+  for path, leaf, f in zip(paths, leaves, flags):
+    if f:
+      check_normable(leaf, path, granularity, unit_axis)
+  return Selection(treedef, paths, flags)
+
+
+def check_granularity(granularity: Any) -> None:
+  if granularity not in GRANULARITIES:
+    raise ValueError(
+        f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
+
+
+def check_normable(leaf: Any, path: str, granularity: str,
+                   unit_axis: int) -> None:
+  shape = getattr(leaf, "shape", None)
+  dtype = getattr(leaf, "dtype", None)
+  if shape is None or dtype is None:
+    raise TypeError(f"parameter '{path}' is {type(leaf).__name__}, not an "
+                    "array: it cannot be normed.")
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"parameter '{path}' has dtype {dtype}; only floating "
+                    "point weights can be normed.")
+  if granularity == "unit":
+    if len(shape) < 2:
+      raise ValueError(
+          f"parameter '{path}' has shape {tuple(shape)}: granularity='unit' "
+          "needs at least 2 axes (inputs..., outputs). Use "
+          "granularity='tensor' or leave it out of the mask (biases, scales).")
+    if not -len(shape) <= unit_axis < len(shape):
+      raise ValueError(f"unit_axis={unit_axis} is out of range for parameter "
+                       f"'{path}' of shape {tuple(shape)}.")
+
+
+def check_step(value: Any, name: str, minimum: int = 0) -> None:
+  """Validates an integer step hyper-parameter when it is concrete.
+
+  Under ``optax.inject_hyperparams`` the value arrives as a traced array inside
+  ``update``; it was validated when concrete at ``init``.
+  """
+  if isinstance(value, jax.core.Tracer):
+    return
+  if isinstance(value, (bool, np.bool_)) or not (
+      isinstance(value, (int, np.integer)) or (
+          isinstance(value, (np.ndarray, jax.Array)) and value.shape == ()
+          and jnp.issubdtype(value.dtype, jnp.integer))):
+    raise TypeError(f"{name} must be an integer, got {value!r}.")
+  if int(value) < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {int(value)}.")
+
+
+def require_params(params: Any) -> None:
+  if params is None:
+    raise ValueError(optax._src.base.NO_PARAMS_MSG)  # optax's own wording

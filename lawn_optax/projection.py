@@ -1,0 +1,281 @@
+"""The shared primitive: keep the norms of selected weights at a target.
+
+LAWN, FixNorm and WRS are all :func:`constrain_norms` with different settings
+(where the targets come from, from which step and how often it acts), plus the
+optional :func:`project_to_tangent` of the gradient. All norm arithmetic is in
+float32 whatever the parameter dtype, and every guard is branch-free
+(``jnp.where``), so one compiled step serves the whole run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from lawn_optax import _tree
+
+# Below this norm a direction is undefined; the retraction then leaves the
+# weight where it is rather than dividing by ~0.
+DEFAULT_EPS = 1e-12
+
+
+def _reduce_axes(ndim: int, granularity: str, unit_axis: int):
+  if granularity == "tensor":
+    return None
+  return tuple(a for a in range(ndim) if a != unit_axis % ndim)
+
+
+def sum_squares(x: chex.Array, granularity: str = "tensor",
+                unit_axis: int = -1) -> chex.Array:
+  """Float32 sum of squares per tensor (shape ``()``) or per unit (keepdims)."""
+  x = x.astype(jnp.float32)
+  axes = _reduce_axes(x.ndim, granularity, unit_axis)
+  return jnp.sum(x * x, axis=axes, keepdims=axes is not None)
+
+
+def leaf_norm(x: chex.Array, granularity: str = "tensor",
+              unit_axis: int = -1) -> chex.Array:
+  """Float32 L2 norm of one array, per tensor or per output unit.
+
+  Per unit, every axis but ``unit_axis`` is reduced, with ``keepdims`` so the
+  result broadcasts against ``x`` (for a Flax ``Dense`` kernel ``(in, out)``
+  the norms have shape ``(1, out)``).
+  """
+  return jnp.sqrt(sum_squares(x, granularity, unit_axis))
+
+
+def norms(tree: Any, granularity: str = "tensor", unit_axis: int = -1) -> Any:
+  """Float32 norms of every leaf of ``tree`` (see :func:`leaf_norm`)."""
+  _tree.check_granularity(granularity)
+  return jax.tree.map(lambda x: leaf_norm(x, granularity, unit_axis),
+                      _tree.unwrap_variables(tree))
+
+
+def retract(w: chex.Array, u: chex.Array, target: chex.Array,
+            granularity: str = "tensor", unit_axis: int = -1,
+            eps: float = DEFAULT_EPS) -> chex.Array:
+  """The update ``u'`` such that ``w + u'`` has norm ``target``.
+
+  ``u' = target * (w + u) / max(||w + u||, eps) - w`` in float32, cast back to
+  ``u.dtype``. Where ``target`` is 0 the update is ``u`` unchanged (a weight
+  whose frozen norm is zero is left unconstrained rather than pinned at 0).
+  """
+  v = w.astype(jnp.float32) + u.astype(jnp.float32)
+  scale = target / jnp.maximum(leaf_norm(v, granularity, unit_axis), eps)
+  new_u = (v * scale - w.astype(jnp.float32)).astype(u.dtype)
+  return jnp.where(target > 0, new_u, u)
+
+
+def tangent(w: chex.Array, g: chex.Array, granularity: str = "tensor",
+            unit_axis: int = -1) -> chex.Array:
+  """``g - (<g, w> / ||w||^2) w`` per tensor or unit; ``g`` where ``w == 0``."""
+  w32, g32 = w.astype(jnp.float32), g.astype(jnp.float32)
+  axes = _reduce_axes(w.ndim, granularity, unit_axis)
+  inner = jnp.sum(w32 * g32, axis=axes, keepdims=axes is not None)
+  sq = sum_squares(w32, granularity, unit_axis)
+  coef = jnp.where(sq > 0, inner / jnp.where(sq > 0, sq, 1.0), 0.0)
+  return (g32 - coef * w32).astype(g.dtype)
+
+
+def _active(count: chex.Array, start: Any, period: Any) -> chex.Array:
+  start = jnp.asarray(start, jnp.int32)
+  on = count >= start
+  if isinstance(period, int) and period == 1:
+    return on
+  return on & ((count - start) % jnp.asarray(period, jnp.int32) == 0)
+
+
+def _target_leaf(value: Any, leaf: Any, path: str, granularity: str,
+                 unit_axis: int) -> chex.Array:
+  shape = jax.eval_shape(lambda x: leaf_norm(x, granularity, unit_axis),
+                         leaf).shape
+  arr = jnp.asarray(value, jnp.float32)
+  if not isinstance(arr, jax.core.Tracer) and bool(jnp.any(arr <= 0)):
+    raise ValueError(f"target norm for '{path}' must be > 0, got {value!r}.")
+  try:
+    return jnp.broadcast_to(arr, shape)
+  except ValueError as e:
+    raise ValueError(f"target norm for '{path}' has shape {arr.shape}, which "
+                     f"does not broadcast to its norms' shape {shape}.") from e
+
+
+class NormConstraintState(NamedTuple):
+  """State of :func:`constrain_norms`.
+
+  Attributes:
+    count: int32 ``[]``, number of updates seen.
+    targets: the params' tree; float32 target norms on constrained leaves
+      (shape ``[]`` per tensor, keepdims per unit), ``optax.MaskedNode``
+      elsewhere. Captured targets are 0 until the capture step.
+  """
+  count: chex.Array
+  targets: Any
+
+
+def constrain_norms(
+    mask: _tree.MaskOrFn,
+    *,
+    target: Any = None,
+    start_step: Any = 0,
+    period: Any = 1,
+    granularity: str = "tensor",
+    unit_axis: int = -1,
+    eps: float = DEFAULT_EPS,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Retracts the masked weights onto spheres of fixed norm after each update.
+
+  Placed after a base optimizer, it rewrites the incoming update ``u`` of every
+  masked weight ``w`` so that ``||w + u'|| = target``:
+
+  .. math:: u' = c \frac{w + u}{\max(\|w + u\|, \epsilon)} - w
+
+  on steps ``start_step, start_step + period, ...``; on every other step and on
+  unmasked leaves the update passes through bit-for-bit.
+
+  Args:
+    mask: pytree of bools with the params' structure (or a prefix of it), or a
+      callable ``params -> mask``. True leaves are constrained.
+    target: ``None`` to freeze each masked norm at its value at ``start_step``
+      (LAWN, FixNorm); otherwise a positive float, or a pytree (prefix of the
+      mask) of floats / arrays broadcastable to the norms' shape (WRS, FixNorm
+      radii).
+    start_step: first step (0-based count of updates) on which to act; the
+      capture step when ``target is None``. May be a traced int.
+    period: act every ``period`` steps from ``start_step`` on.
+    granularity: ``"tensor"`` (one Frobenius norm per leaf) or ``"unit"`` (one
+      norm per slice along ``unit_axis``, the output axis of Flax kernels).
+    unit_axis: the output axis for ``granularity="unit"``.
+    eps: floor of the norm divided by.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
+    ``params``. A weight whose captured norm is exactly zero (e.g. a
+    zero-initialised layer with ``start_step=0``) is left unconstrained: its
+    update passes through, and no NaN or Inf can arise.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, lawn_optax as lo
+    >>> params = {'w': jnp.array([3.0, 4.0])}
+    >>> tx = optax.chain(optax.sgd(0.5), lo.constrain_norms({'w': True}))
+    >>> state = tx.init(params)
+    >>> u, state = tx.update({'w': jnp.array([1.0, 0.0])}, state, params)
+    >>> float(jnp.linalg.norm(optax.apply_updates(params, u)['w']))
+    5.0
+  """
+  _tree.check_granularity(granularity)
+  _tree.check_step(start_step, "start_step")
+  _tree.check_step(period, "period", minimum=1)
+  capture = target is None
+
+  def init_fn(params):
+    sel = _tree.select(mask, params, granularity=granularity,
+                       unit_axis=unit_axis)
+    leaves = sel.flatten(params, "params")
+    if capture:
+      given = [None] * len(leaves)
+    else:
+      given = _tree.broadcast_prefix(target, params, what="target")
+    targets = sel.map(
+        lambda w, t, p: (jnp.zeros(jax.eval_shape(
+            lambda x: leaf_norm(x, granularity, unit_axis), w).shape,
+                                   jnp.float32) if t is None else
+                         _target_leaf(t, w, p, granularity, unit_axis)),
+        leaves, given, sel.paths)
+    return NormConstraintState(count=jnp.zeros([], jnp.int32),
+                               targets=sel.unflatten(targets))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    _tree.require_params(params)
+    sel = _tree.select(mask, params, granularity=granularity,
+                       unit_axis=unit_axis)
+    w = sel.flatten(params, "params")
+    u, u_def = jax.tree.flatten(updates, is_leaf=_tree.is_masked_node)
+    if len(u) != len(w):
+      raise ValueError("updates and params have different structures: "
+                       f"{u_def} vs {sel.treedef}")
+    t = sel.flatten(state.targets, "state.targets")
+    count = state.count
+    if capture:
+      t = jax.lax.cond(
+          count == jnp.asarray(start_step, jnp.int32),
+          lambda: sel.map(lambda x: leaf_norm(x, granularity, unit_axis), w),
+          lambda: t)
+    active = _active(count, start_step, period)
+    new_u = [
+        jnp.where(active, retract(wi, ui, ti, granularity, unit_axis, eps), ui)
+        if f else ui for f, wi, ui, ti in zip(sel.flags, w, u, t)
+    ]
+    new_state = NormConstraintState(count=optax.safe_increment(count),
+                                    targets=sel.unflatten(t))
+    return jax.tree.unflatten(u_def, new_u), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class TangentProjectionState(NamedTuple):
+  """State of :func:`project_to_tangent`: ``count``, int32 ``[]``."""
+  count: chex.Array
+
+
+def project_to_tangent(
+    mask: _tree.MaskOrFn,
+    *,
+    start_step: Any = 0,
+    granularity: str = "tensor",
+    unit_axis: int = -1,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Removes the radial component of the gradient of masked weights.
+
+  .. math:: g' = g - \frac{\langle g, w \rangle}{\|w\|^2} w
+
+  per tensor or per unit, from step ``start_step`` on. Put it *before* the
+  base optimizer so momentum and Adam moments never accumulate the component
+  that the norm constraint would discard anyway. Earlier steps, unmasked leaves
+  and zero-norm weights pass through unchanged.
+
+  Args:
+    mask: as in :func:`constrain_norms`.
+    start_step: first step on which to project (may be a traced int).
+    granularity: ``"tensor"`` or ``"unit"``.
+    unit_axis: the output axis for ``granularity="unit"``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
+    ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> params = {'w': jnp.array([1.0, 0.0])}
+    >>> tx = lo.project_to_tangent({'w': True})
+    >>> g, _ = tx.update({'w': jnp.array([2.0, 3.0])}, tx.init(params), params)
+    >>> g['w'].tolist()
+    [0.0, 3.0]
+  """
+  _tree.check_granularity(granularity)
+  _tree.check_step(start_step, "start_step")
+
+  def init_fn(params):
+    _tree.select(mask, params, granularity=granularity, unit_axis=unit_axis)
+    return TangentProjectionState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    _tree.require_params(params)
+    sel = _tree.select(mask, params, granularity=granularity,
+                       unit_axis=unit_axis)
+    w = sel.flatten(params, "params")
+    g, g_def = jax.tree.flatten(updates, is_leaf=_tree.is_masked_node)
+    active = _active(state.count, start_step, 1)
+    new_g = [
+        jnp.where(active, tangent(wi, gi, granularity, unit_axis), gi)
+        if f else gi for f, wi, gi in zip(sel.flags, w, g)
+    ]
+    return (jax.tree.unflatten(g_def, new_g),
+            TangentProjectionState(count=optax.safe_increment(state.count)))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,197 @@
+"""LAWN against an independent NumPy reference, and its invariants."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lawn_optax as lo
+from tests import reference as ref
+
+SHAPES = {"k1": (6, 5), "k2": (5, 3), "b": (3,)}
+MASK = {"k1": True, "k2": True, "b": False}
+LR = {"sgd": 0.05, "adam": 0.02}
+
+
+def _init_params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def _targets(steps, seed=1):
+  rng = np.random.default_rng(seed)
+  return [{k: rng.normal(size=s) for k, s in SHAPES.items()}
+          for _ in range(steps)]
+
+
+def _np_grad(w, targets, t):
+  # Gradient of 0.5 * ||w - a_t||^2 (plus a cubic term so the scale matters):
+  # it depends on the params, so both sides must track each other to agree.
+  return {k: (w[k] - targets[t][k]) + 0.1 * w[k] ** 3 for k in w}
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("granularity", ["tensor", "unit"])
+@pytest.mark.parametrize("tangent", [False, True])
+def test_matches_numpy_reference(opt, granularity, tangent):
+  steps, free_steps = 24, 9
+  targets = _targets(steps)
+  params0 = _init_params()
+  mask = {"k1": True, "k2": True, "b": False} if granularity == "unit" else {
+      "k1": True, "k2": False, "b": True}
+  make = {"sgd": lambda: ref.SGDMomentum(LR["sgd"], 0.9),
+          "adam": lambda: ref.Adam(LR["adam"])}[opt]
+  expected, frozen = ref.lawn_trajectory(
+      params0, lambda w, t: _np_grad(w, targets, t), make,
+      free_steps=free_steps, mask=mask, steps=steps, granularity=granularity,
+      tangent_projection=tangent)
+
+  base = {"sgd": optax.sgd(LR["sgd"], momentum=0.9),
+          "adam": optax.adam(LR["adam"])}[opt]
+  tx = lo.lawn(base, free_steps=free_steps, mask=mask, granularity=granularity,
+               tangent_projection=tangent)
+  jtargets = [jax.tree.map(jnp.float32, a) for a in targets]
+
+  @jax.jit
+  def step(params, state, a):
+    grads = jax.tree.map(lambda w, x: (w - x) + 0.1 * w**3, params, a)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = jax.tree.map(jnp.asarray, params0)
+  state = tx.init(params)
+  for t in range(steps):
+    params, state = step(params, state, jtargets[t])
+    for k in SHAPES:
+      np.testing.assert_allclose(params[k], expected[t][k], rtol=2e-5,
+                                 atol=2e-6, err_msg=f"{k} at step {t}")
+  got = lo.frozen_norms(state)
+  for k, v in frozen.items():
+    np.testing.assert_allclose(got[k], v, rtol=1e-5)
+
+
+def _mlp_setup(granularity="tensor"):
+  from sklearn.datasets import load_digits
+  x, y = load_digits(return_X_y=True)
+  x = jnp.asarray(x / 16.0, jnp.float32)
+  y = jnp.asarray(y)
+  rng = np.random.default_rng(0)
+  sizes = [64, 32, 32, 10]
+  params = {f"Dense_{i}": {
+      "kernel": jnp.asarray(rng.normal(size=(a, b)) / np.sqrt(a), jnp.float32),
+      "bias": jnp.zeros(b, jnp.float32)}
+            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
+
+  def loss(p, xb, yb):
+    h = xb
+    for i in range(3):
+      h = h @ p[f"Dense_{i}"]["kernel"] + p[f"Dense_{i}"]["bias"]
+      if i < 2:
+        h = jax.nn.relu(h)
+    return optax.softmax_cross_entropy_with_integer_labels(h, yb).mean()
+
+  return params, loss, x, y
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "unit"])
+def test_invariants_in_real_training(granularity):
+  """Bit-exact before the switch; norms frozen after; unmasked == base."""
+  params, loss, x, y = _mlp_setup()
+  free_steps, steps = 15, 45
+  mask = lo.masks.kernels(params)
+  base = optax.adam(3e-3)
+  tx = lo.lawn(base, free_steps=free_steps, mask=mask, granularity=granularity)
+
+  @jax.jit
+  def step(params, state, i):
+    idx = (jnp.arange(128) + 128 * i) % x.shape[0]
+    g = jax.grad(loss)(params, x[idx], y[idx])
+    u, new_state = tx.update(g, state, params)
+    base_u, _ = base.update(g, state["base"], params)
+    return optax.apply_updates(params, u), new_state, u, base_u
+
+  state = tx.init(params)
+  frozen_ref = None
+  for i in range(steps):
+    before = params
+    params, state, u, base_u = step(params, state, i)
+    flat_u = jax.tree_util.tree_leaves_with_path(u)
+    flat_b = jax.tree.leaves(base_u)
+    flat_m = jax.tree.leaves(mask)
+    for (path, ui), bi, m in zip(flat_u, flat_b, flat_m):
+      if i < free_steps or not m:
+        np.testing.assert_array_equal(ui, bi, err_msg=f"{path} step {i}")
+    if i == free_steps:
+      frozen_ref = lo.weight_norms(before, mask, granularity)
+    if i >= free_steps:
+      got = lo.weight_norms(params, mask, granularity)
+      chex.assert_trees_all_close(lo.frozen_norms(state), frozen_ref, rtol=1e-6)
+      chex.assert_trees_all_close(got, frozen_ref, rtol=1e-5, atol=0)
+
+
+def test_free_steps_zero_freezes_initial_norms():
+  params, loss, x, y = _mlp_setup()
+  mask = lo.masks.kernels(params)
+  init_norms = lo.weight_norms(params, mask)
+  tx = lo.lawn_sgd(0.5, free_steps=0, mask=mask, momentum=0.9)
+  state = tx.init(params)
+  for i in range(5):
+    g = jax.grad(loss)(params, x[:256], y[:256])
+    u, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, u)
+  chex.assert_trees_all_close(lo.weight_norms(params, mask), init_norms,
+                              rtol=1e-5)
+
+
+def test_zero_norm_weight_stays_finite_and_unconstrained():
+  params = {"w": jnp.zeros((4, 3)), "v": jnp.ones((4, 3))}
+  tx = lo.lawn(optax.sgd(0.1), free_steps=0, mask=True, granularity="unit",
+               tangent_projection=True)
+  state = tx.init(params)
+  grads = {"w": jnp.ones((4, 3)), "v": jnp.ones((4, 3))}
+  u, state = tx.update(grads, state, params)
+  chex.assert_tree_all_finite((u, state))
+  # Nothing to freeze: the zero weight gets the plain SGD step, target reads 0.
+  np.testing.assert_array_equal(u["w"], -0.1 * grads["w"])
+  np.testing.assert_array_equal(lo.frozen_norms(state)["w"], 0.0)
+  # A unit whose update would land exactly on zero is not divided by zero.
+  params = {"w": jnp.ones((2, 2))}
+  tx = lo.lawn(optax.sgd(1.0), free_steps=0, mask=True, granularity="unit")
+  u, _ = tx.update({"w": jnp.ones((2, 2))}, tx.init(params), params)
+  chex.assert_tree_all_finite(u)
+
+
+def test_state_is_named_chain_and_small():
+  params = {"k": jnp.ones((64, 32)), "b": jnp.ones(32)}
+  tx = lo.lawn_adam(1e-3, free_steps=3, mask={"k": True, "b": False},
+                    granularity="unit", tangent_projection=True)
+  state = tx.init(params)
+  assert list(state) == ["tangent", "base", "lawn"]
+  assert isinstance(state["lawn"], lo.NormConstraintState)
+  assert state["lawn"].targets["k"].shape == (1, 32)
+  assert state["lawn"].targets["k"].dtype == jnp.float32
+  assert isinstance(state["lawn"].targets["b"], optax.MaskedNode)
+
+
+def test_traced_free_steps_under_inject_hyperparams():
+  params, loss, x, y = _mlp_setup()
+  mask = lo.masks.kernels(params)
+  tx = optax.inject_hyperparams(lo.lawn_adam, static_args=("mask",))(
+      learning_rate=1e-2, free_steps=4, mask=mask)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    g = jax.grad(loss)(params, x[:128], y[:128])
+    u, state = tx.update(g, state, params)
+    return optax.apply_updates(params, u), state
+
+  for _ in range(4):
+    params, state = step(params, state)
+  frozen = lo.weight_norms(params, mask)
+  for _ in range(4):
+    state.hyperparams["learning_rate"] = state.hyperparams["learning_rate"] * 2
+    params, state = step(params, state)
+  chex.assert_trees_all_close(lo.weight_norms(params, mask), frozen, rtol=1e-5)
