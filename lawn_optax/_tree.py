@@ -111,15 +111,22 @@ def broadcast_prefix(prefix: Any, params: Any, *, what: str = "mask",
   if callable(prefix):
     prefix = prefix(params)
   prefix = unwrap_variables(prefix)
-  p_paths, _, _ = flatten_with_paths(params)
+  p_paths, p_leaves, _ = flatten_with_paths(params)
   items, _ = jax.tree_util.tree_flatten_with_path(prefix)
   entries = {tuple(key_str(k) for k in path): value for path, value in items}
   used: set[tuple[str, ...]] = set()
   values = []
-  for p in p_paths:
+  for p, leaf in zip(p_paths, p_leaves):
     parts = tuple(p.split("/")) if p else ()
     match = next((parts[:k] for k in range(len(parts) + 1)
                   if parts[:k] in entries), None)
+    if match is None and is_masked_node(leaf):
+      # optax.masked replaced a whole subtree: entries below it are moot.
+      below = {e for e in entries if e[:len(parts)] == parts}
+      if below:
+        used |= below
+        values.append(False)
+        continue
     if match is None:
       raise ValueError(
           f"{what} does not match the params: params leaf '{p}' has no entry "

@@ -1,0 +1,235 @@
+"""A composition battery run over every method in the library.
+
+Each check compares a wrapped trajectory with one computed by hand from the
+unwrapped method, so it can fail for any method, whatever the method does.
+A method is described by a :class:`Method`: a factory taking
+``learning_rate`` (so ``inject_hyperparams`` can inject it) and ``mask``, and
+an invariant checked after every step of every trajectory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+class Method(NamedTuple):
+  name: str
+  factory: Callable[..., optax.GradientTransformation]  # (learning_rate, mask)
+  # invariant(params_before, params_after, state, step, rtol) raises if broken.
+  invariant: Callable[[Any, Any, Any, int, float], None]
+  learning_rate: float = 0.05
+
+
+SIZES = (8, 16, 16, 4)
+
+
+def make_params(dtype=jnp.float32, seed=0):
+  rng = np.random.default_rng(seed)
+  return {f"Dense_{i}": {
+      "kernel": jnp.asarray(rng.normal(size=(a, b)) / np.sqrt(a), dtype),
+      "bias": jnp.asarray(0.1 * rng.normal(size=(b,)), dtype)}
+          for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:]))}
+
+
+def kernel_mask(params):
+  return {k: {"kernel": True, "bias": False} for k in params}
+
+
+_DATA = np.random.default_rng(1)
+X = jnp.asarray(_DATA.normal(size=(64, SIZES[0])), jnp.float32)
+Y = jnp.asarray(_DATA.integers(0, SIZES[-1], size=64))
+
+
+def loss(params, x=X, y=Y):
+  h = x.astype(params["Dense_0"]["kernel"].dtype)
+  n = len(params)
+  for i in range(n):
+    layer = params[f"Dense_{i}"]
+    h = h @ layer["kernel"] + layer["bias"]
+    if i < n - 1:
+      h = jax.nn.relu(h)
+  return optax.softmax_cross_entropy_with_integer_labels(
+      h.astype(jnp.float32), y).mean()
+
+
+def grads_at(params, t):
+  """Deterministic, params-dependent gradients; a different batch each step."""
+  idx = (jnp.arange(32) + 7 * t) % X.shape[0]
+  return jax.grad(loss)(params, X[idx], Y[idx])
+
+
+def run(tx, params, steps, grad_fn=grads_at, method=None, rtol=1e-5):
+  """Jitted trajectory; checks the method's invariant after every step."""
+  state = tx.init(params)
+  step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+  history = []
+  for t in range(steps):
+    g = grad_fn(params, t)
+    u, state = step(params, state, g)
+    new = optax.apply_updates(params, u)
+    if method is not None:
+      method.invariant(params, new, state, t, rtol)
+    params = new
+    history.append(params)
+  return history, state
+
+
+def check_no_retrace(method, steps=6):
+  params = make_params()
+  tx = method.factory(learning_rate=method.learning_rate, mask=kernel_mask)
+  state = tx.init(params)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(params, state, t):
+    g = grads_at(params, t)
+    u, state = tx.update(g, state, params)
+    return optax.apply_updates(params, u), state
+
+  chex.clear_trace_counter()
+  for t in range(steps):
+    params, state = step(params, state, jnp.asarray(t))
+  chex.assert_tree_all_finite(params)
+
+
+def check_chain(method, steps=8):
+  """chain(tx, identity) == tx, and the invariant holds inside a chain."""
+  params = make_params()
+  plain, _ = run(method.factory(learning_rate=method.learning_rate,
+                                mask=kernel_mask), params, steps, method=method)
+  chained = optax.chain(
+      optax.identity(),
+      method.factory(learning_rate=method.learning_rate, mask=kernel_mask))
+  named = optax.named_chain(
+      ("method", method.factory(learning_rate=method.learning_rate,
+                                mask=kernel_mask)), ("noop", optax.identity()))
+  for tx in (chained, named):
+    got, _ = run(tx, params, steps, method=method)
+    chex.assert_trees_all_close(got[-1], plain[-1], rtol=1e-6, atol=1e-7)
+
+
+def check_masked(method, steps=8):
+  """optax.masked(tx, m): the masked subtree follows tx run on it alone."""
+  params = make_params()
+  outer = {k: k != "Dense_0" for k in params}
+  tx = optax.masked(method.factory(learning_rate=method.learning_rate,
+                                   mask=kernel_mask), outer)
+  ref_tx = method.factory(learning_rate=method.learning_rate, mask=kernel_mask)
+  full, state = params, tx.init(params)
+  ref = {k: v for k, v in params.items() if k != "Dense_0"}
+  ref_state = ref_tx.init(ref)
+  upd, ref_upd = jax.jit(tx.update), jax.jit(ref_tx.update)
+  for t in range(steps):
+    g = grads_at(full, t)
+    u, state = upd(g, state, full)
+    # optax.masked passes the raw gradient through on leaves it masks out.
+    chex.assert_trees_all_equal(u["Dense_0"], g["Dense_0"])
+    full = optax.apply_updates(full, u)
+    ru, ref_state = ref_upd({k: v for k, v in g.items() if k != "Dense_0"},
+                            ref_state, ref)
+    ref = optax.apply_updates(ref, ru)
+    chex.assert_trees_all_close({k: full[k] for k in ref}, ref, rtol=1e-6,
+                                atol=1e-7)
+
+
+def check_multisteps(method, k=3, real_steps=6):
+  """MultiSteps(tx, k) fed g1..gk == tx fed mean(g1..gk) on each real step."""
+  params = make_params()
+  inner = method.factory(learning_rate=method.learning_rate, mask=kernel_mask)
+  ms = optax.MultiSteps(
+      method.factory(learning_rate=method.learning_rate, mask=kernel_mask), k)
+  p_ms, s_ms = params, ms.init(params)
+  p_ref, s_ref = params, inner.init(params)
+  ms_update = jax.jit(ms.update)
+  ref_update = jax.jit(inner.update)
+  for t in range(real_steps):
+    gs = [grads_at(p_ms, k * t + j) for j in range(k)]
+    for g in gs:
+      u, s_ms = ms_update(g, s_ms, p_ms)
+      p_ms = optax.apply_updates(p_ms, u)
+    mean_g = jax.tree.map(lambda *xs: sum(xs) / k, *gs)
+    u, s_ref = ref_update(mean_g, s_ref, p_ref)
+    new_ref = optax.apply_updates(p_ref, u)
+    method.invariant(p_ref, new_ref, s_ref, t, 1e-5)
+    p_ref = new_ref
+    chex.assert_trees_all_close(p_ms, p_ref, rtol=2e-5, atol=2e-6)
+
+
+def check_inject_hyperparams(method, steps=8):
+  """Injected learning rate == the plain factory; changing it mid-run works."""
+  params = make_params()
+  lr = method.learning_rate
+  tx = optax.inject_hyperparams(method.factory, static_args=("mask",))(
+      learning_rate=lr, mask=kernel_mask)
+  plain, _ = run(method.factory(learning_rate=lr, mask=kernel_mask), params,
+                 steps)
+  got, state = run(tx, params, steps, method=method)
+  chex.assert_trees_all_close(got[-1], plain[-1], rtol=1e-5, atol=1e-6)
+  # Halve the rate in the state: still jit-able, invariant still holds.
+  state.hyperparams["learning_rate"] = jnp.asarray(lr / 2, jnp.float32)
+  p = got[-1]
+  for t in range(steps, steps + 3):
+    u, state = jax.jit(tx.update)(grads_at(p, t), state, p)
+    new = optax.apply_updates(p, u)
+    method.invariant(p, new, state, t, 1e-5)
+    p = new
+
+
+def check_apply_if_finite(method, steps=8, bad=(2, 5)):
+  """NaN/Inf gradients under apply_if_finite: those steps change nothing."""
+  params = make_params()
+  tx = optax.apply_if_finite(
+      method.factory(learning_rate=method.learning_rate, mask=kernel_mask), 3)
+  ref_tx = method.factory(learning_rate=method.learning_rate, mask=kernel_mask)
+  p, s = params, tx.init(params)
+  rp, rs = params, ref_tx.init(params)
+  upd, ref_upd = jax.jit(tx.update), jax.jit(ref_tx.update)
+  t_ref = 0
+  for t in range(steps):
+    if t in bad:
+      g = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan if t == 2 else jnp.inf),
+                       params)
+      u, s_new = upd(g, s, p)
+      new = optax.apply_updates(p, u)
+      chex.assert_trees_all_equal(new, p)
+      chex.assert_trees_all_equal(s_new.inner_state, s.inner_state)
+      p, s = new, s_new
+      continue
+    g = grads_at(p, t_ref)
+    u, s = upd(g, s, p)
+    p = optax.apply_updates(p, u)
+    ru, rs = ref_upd(grads_at(rp, t_ref), rs, rp)
+    rp = optax.apply_updates(rp, ru)
+    t_ref += 1
+    chex.assert_trees_all_close(p, rp, rtol=1e-6, atol=1e-7)
+  assert int(s.total_notfinite) == len(bad)
+
+
+def check_low_precision(method, dtype=jnp.bfloat16, steps=10):
+  """bf16 params: finite, dtypes kept, invariant within the dtype's accuracy."""
+  params = make_params(dtype)
+  tx = method.factory(learning_rate=method.learning_rate, mask=kernel_mask)
+  hist, state = run(tx, params, steps, method=method,
+                    rtol=float(jnp.finfo(dtype).eps) * 4)
+  chex.assert_tree_all_finite(hist[-1])
+  assert all(x.dtype == dtype for x in jax.tree.leaves(hist[-1]))
+  init_dtypes = jax.tree.map(lambda x: x.dtype, tx.init(params))
+  chex.assert_trees_all_equal(jax.tree.map(lambda x: x.dtype, state),
+                              init_dtypes)
+
+
+CHECKS = {
+    "no_retrace": check_no_retrace,
+    "chain": check_chain,
+    "masked": check_masked,
+    "multisteps": check_multisteps,
+    "inject_hyperparams": check_inject_hyperparams,
+    "apply_if_finite": check_apply_if_finite,
+    "bf16": check_low_precision,
+}

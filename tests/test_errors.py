@@ -1,0 +1,92 @@
+"""Bad input gets a clear error naming the parameter path or hyper-parameter."""
+
+import jax.numpy as jnp
+import optax
+import pytest
+
+import lawn_optax as lo
+
+PARAMS = {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)},
+          "Dense_1": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)},
+          "step": jnp.zeros((), jnp.int32)}
+MASK = {"Dense_0": {"kernel": True, "bias": False},
+        "Dense_1": {"kernel": True, "bias": False}, "step": False}
+
+
+def _lawn(**kw):
+  args = dict(free_steps=2, mask=MASK)
+  args.update(kw)
+  return lo.lawn(optax.sgd(0.1), **args)
+
+
+# Each row: (what is wrong, how to build and use it, exception, message regex).
+BAD_INPUTS = [
+    ("mask missing a params leaf",
+     lambda: _lawn(mask={"Dense_0": True, "step": False}).init(PARAMS),
+     ValueError, r"params leaf 'Dense_1/bias' has no entry"),
+    ("mask entry not in params",
+     lambda: _lawn(mask={**MASK, "Dense_9": True}).init(PARAMS),
+     ValueError, r"mask entry 'Dense_9' matches no parameter"),
+    ("mask selecting nothing",
+     lambda: _lawn(mask=False).init(PARAMS),
+     ValueError, r"selects no parameter leaf"),
+    ("mask leaf not a bool",
+     lambda: _lawn(mask={**MASK, "step": "yes"}).init(PARAMS),
+     TypeError, r"mask entry 'step'.*must be Python bools"),
+    ("integer leaf selected",
+     lambda: _lawn(mask={**MASK, "step": True}).init(PARAMS),
+     TypeError, r"parameter 'step' has dtype int32"),
+    ("unit granularity on a bias",
+     lambda: _lawn(mask=True, granularity="unit").init(
+         {"k": jnp.ones((2, 2)), "b": jnp.ones(2)}),
+     ValueError, r"parameter 'b' has shape \(2,\): granularity='unit'"),
+    ("unit granularity on a scalar",
+     lambda: _lawn(mask=True, granularity="unit").init({"s": jnp.ones(())}),
+     ValueError, r"parameter 's' has shape \(\)"),
+    ("unit_axis out of range",
+     lambda: lo.lawn(optax.sgd(0.1), free_steps=0, mask=True,
+                     granularity="unit", unit_axis=3).init(
+                         {"k": jnp.ones((2, 2))}),
+     ValueError, r"unit_axis=3 is out of range for parameter 'k'"),
+    ("unknown granularity",
+     lambda: _lawn(granularity="layer"),
+     ValueError, r"granularity must be one of \('tensor', 'unit'\), got 'layer'"),
+    ("negative free_steps",
+     lambda: _lawn(free_steps=-1), ValueError, r"free_steps must be >= 0, got -1"),
+    ("float free_steps",
+     lambda: _lawn(free_steps=2.5), TypeError, r"free_steps must be an integer"),
+    ("bool free_steps",
+     lambda: _lawn(free_steps=True), TypeError, r"free_steps must be an integer"),
+    ("update without params",
+     lambda: _lawn().update(PARAMS, _lawn().init(PARAMS)),
+     ValueError, r"not passing `params`"),
+    ("zero period",
+     lambda: lo.constrain_norms(True, period=0), ValueError,
+     r"period must be >= 1, got 0"),
+    ("non-positive target",
+     lambda: lo.constrain_norms(MASK, target=0.0).init(PARAMS), ValueError,
+     r"target norm for 'Dense_0/kernel' must be > 0"),
+    ("target of the wrong shape",
+     lambda: lo.constrain_norms(MASK, target=jnp.ones(3),
+                                granularity="unit").init(PARAMS),
+     ValueError, r"target norm for 'Dense_0/kernel' has shape \(3,\)"),
+    ("last_layers beyond the model",
+     lambda: lo.masks.last_layers(PARAMS, 3), ValueError,
+     r"n=3 must be between 1 and the number of layers \(2"),
+    ("by_path that matches nothing",
+     lambda: lo.masks.by_path(PARAMS, r".*/weight"), ValueError,
+     r"selects no parameter"),
+]
+
+
+@pytest.mark.parametrize("build,exc,match", [r[1:] for r in BAD_INPUTS],
+                         ids=[r[0] for r in BAD_INPUTS])
+def test_bad_input_is_a_clear_error(build, exc, match):
+  with pytest.raises(exc, match=match):
+    build()
+
+
+def test_mask_mismatch_inside_update_names_path():
+  tx = _lawn(mask=lambda p: {"Dense_0": True})
+  with pytest.raises(ValueError, match=r"params leaf 'Dense_1/bias'"):
+    tx.init(PARAMS)

@@ -1,0 +1,106 @@
+"""The shared primitive: norms, retraction, tangent projection, gating."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lawn_optax as lo
+from lawn_optax import projection
+from tests import reference as ref
+
+DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+
+
+@pytest.fixture(autouse=True)
+def _strict():
+  # Library code must not lean on implicit dtype or rank promotion.
+  with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+    yield
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("granularity", ["tensor", "unit"])
+def test_norms_match_numpy(dtype, granularity):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 5, 4)), dtype)
+  got = projection.leaf_norm(x, granularity)
+  assert got.dtype == jnp.float32
+  want = ref.norm(np.asarray(x, np.float64), granularity)
+  np.testing.assert_allclose(got, np.reshape(want, got.shape), rtol=1e-6)
+
+
+def test_unit_axis_other_layout():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
+  got = projection.leaf_norm(x, "unit", unit_axis=0)
+  np.testing.assert_allclose(got[:, 0], np.linalg.norm(x, axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("granularity", ["tensor", "unit"])
+def test_retraction_lands_on_target(dtype, granularity):
+  rng = np.random.default_rng(1)
+  w = jnp.asarray(rng.normal(size=(6, 4)), dtype)
+  u = jnp.asarray(0.3 * rng.normal(size=(6, 4)), dtype)
+  target = projection.leaf_norm(w, granularity) * 0.7
+  new_u = projection.retract(w, u, target, granularity)
+  assert new_u.dtype == dtype
+  new_w = w + new_u
+  tol = 1e-6 if dtype == jnp.float32 else 4 * float(jnp.finfo(dtype).eps)
+  np.testing.assert_allclose(projection.leaf_norm(new_w, granularity), target,
+                             rtol=tol)
+  # Direction of w + u is kept (closed form of the retraction, float64).
+  v = np.asarray(w, np.float64) + np.asarray(u, np.float64)
+  want = np.asarray(target) * v / ref.norm(v, granularity) - np.asarray(
+      w, np.float64)
+  np.testing.assert_allclose(np.asarray(new_u, np.float64), want,
+                             rtol=tol * 10, atol=tol * 10)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "unit"])
+def test_tangent_is_orthogonal_and_matches_reference(granularity):
+  rng = np.random.default_rng(2)
+  w = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+  got = projection.tangent(w, g, granularity)
+  want = ref.tangent(np.asarray(g, np.float64), np.asarray(w, np.float64),
+                     granularity)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  axes = None if granularity == "tensor" else 0
+  np.testing.assert_allclose(jnp.sum(got * w, axis=axes), 0.0, atol=1e-5)
+
+
+def test_period_gates_exact_steps():
+  """With period 3 the norm is reset exactly on steps 0, 3, 6 (WRS gating)."""
+  params = {"w": jnp.ones((4, 2))}
+  tx = optax.chain(optax.sgd(0.1),
+                   lo.constrain_norms(True, target=1.0, period=3,
+                                      granularity="unit"))
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  changed = []
+  for t in range(8):
+    g = {"w": -jnp.ones((4, 2)) * (t + 1)}
+    u, state = step(g, state, params)
+    plain = -0.1 * g["w"]
+    changed.append(not bool(jnp.array_equal(u["w"], plain)))
+    params = optax.apply_updates(params, u)
+    if changed[-1]:
+      np.testing.assert_allclose(jnp.linalg.norm(params["w"], axis=0), 1.0,
+                                 rtol=1e-6)
+  assert [t for t, c in enumerate(changed) if c] == [0, 3, 6]
+
+
+def test_given_targets_per_leaf():
+  params = {"a": jnp.ones((2, 2)), "b": jnp.ones((3, 2))}
+  tx = lo.constrain_norms(True, target={"a": 2.0, "b": jnp.array([1.0, 3.0])},
+                          granularity="unit")
+  u, state = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params),
+                       params)
+  new = optax.apply_updates(params, u)
+  np.testing.assert_allclose(jnp.linalg.norm(new["a"], axis=0), [2.0, 2.0],
+                             rtol=1e-6)
+  np.testing.assert_allclose(jnp.linalg.norm(new["b"], axis=0), [1.0, 3.0],
+                             rtol=1e-6)
+  chex.assert_shape(state.targets["b"], (1, 2))
