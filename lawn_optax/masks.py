@@ -157,3 +157,159 @@ def describe(mask: _tree.MaskOrFn, params: Any, *, print_fn=print) -> str:
   if print_fn is not None:
     print_fn(text)
   return text
+
+
+def _split_nnx(fn, params, args):
+  """(fn(params, *args), params, args) for an ``nnx.Module`` given as ``fn``."""
+  import sys
+  nnx = sys.modules.get("flax.nnx")
+  if nnx is None or not isinstance(fn, nnx.Module):
+    return fn, params, args
+  graphdef, state, rest = nnx.split(fn, nnx.Param, ...)
+  call = lambda p, *a, **k: nnx.merge(graphdef, p, rest)(*a, **k)
+  return call, nnx.as_pure(state), ((params,) + args if params is not None
+                                    else args)
+
+
+def final_homogeneous(fn: Any, params: Any = None, *example_args: Any,
+                      biases: str = "strict", include_embeddings: bool = False,
+                      include_scales: bool = False,
+                      **example_kwargs: Any) -> Any:
+  """Mask of the final homogeneous sub-network, found by tracing ``fn``.
+
+  ``fn(params, *example_args, **example_kwargs)`` must return the logits. It is
+  traced once to a jaxpr; parameter leaves are ordered by where the network
+  first uses them, and the longest suffix S (from the output backwards) is
+  returned such that scaling every leaf of S by the same ``c > 0`` scales the
+  output by ``c**k`` with ``k >= 1``. Dense/conv, ReLU/leaky ReLU/max, max and
+  average pooling, reshapes, concatenation, sums of equal degree and
+  multiplication by constants keep homogeneity; normalisations (their
+  epsilon, or the mean subtracted in eval mode), non-homogeneous activations
+  (tanh, GELU, ...) and terms of mixed degree break it.
+
+  Biases: with ``biases="strict"`` (default) the analysis is exact for the
+  given params. A bias added after a scaled kernel has degree 1 while the
+  kernel's output has degree ``>= 1`` more than its input, so only the bias of
+  the *first* layer of the suffix can join it; any deeper bias mixes degrees
+  and cuts the suffix there (for an MLP with biases: the last layer, kernel
+  and bias). With ``biases="ignore"`` the network is analysed with every bias
+  at zero (leaves named ``bias`` or only ever added): the result is the
+  suffix of the bias-free network and holds no bias (for an MLP with biases:
+  all its kernels), which is what LAWN practice constrains.
+
+  Embedding tables (leaves read by ``gather``) and elementwise scales (e.g. a
+  LayerNorm/BatchNorm ``scale``) are held fixed unless ``include_embeddings``
+  / ``include_scales``; a free norm scale right before the head can still grow
+  the logits, so include it if that matters. Given an ``nnx.Module`` as ``fn``
+  the call is ``final_homogeneous(model, *example_args)`` and the mask follows
+  ``nnx.state(model, nnx.Param)`` (usable with ``nnx.Optimizer``).
+
+  Args:
+    fn: ``(params, *args, **kwargs) -> logits``, or an ``nnx.Module``.
+    params: the params pytree (for an nnx module: the first example input).
+    *example_args: example inputs (shapes and dtypes are what matter).
+    biases: ``"strict"`` or ``"ignore"`` (see above).
+    include_embeddings: let embedding tables join the suffix.
+    include_scales: let elementwise scale parameters join the suffix.
+    **example_kwargs: keyword inputs of ``fn``.
+
+  Returns:
+    A pytree of bools with the params' structure.
+
+  Raises:
+    ValueError: if the output does not depend on the params, if no suffix is
+      homogeneous (naming the primitive that breaks the last layer), or if an
+      unsupported primitive lies on the path (naming it and the parameter).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, lawn_optax as lo
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     x = nn.LayerNorm()(nn.Dense(8)(x))
+    ...     x = nn.relu(nn.Dense(8, use_bias=False)(x))
+    ...     return nn.Dense(3, use_bias=False)(x)
+    >>> net = Net()
+    >>> params = net.init(jax.random.key(0), jnp.ones((1, 4)))['params']
+    >>> mask = lo.masks.final_homogeneous(
+    ...     lambda p, x: net.apply({'params': p}, x), params, jnp.ones((1, 4)))
+    >>> _ = lo.masks.describe(mask, params)
+    selected 2 of 6 leaves, 88 of 144 parameters (61.1%)
+      Dense_1/kernel  (8, 8)  64
+      Dense_2/kernel  (8, 3)  24
+  """
+  from lawn_optax import _homogeneous
+  fn, params, args = _split_nnx(fn, params, example_args)
+  flags, _, _, treedef, _ = _homogeneous.analyse(
+      fn, params, args, example_kwargs, biases=biases,
+      include_embeddings=include_embeddings, include_scales=include_scales)
+  return jax.tree.unflatten(treedef, flags)
+
+
+def check_homogeneous(fn: Any, params: Any, mask: Any, *example_args: Any,
+                      scales: tuple[float, ...] = (0.5, 2.0, 3.0),
+                      rtol: float = 1e-3, **example_kwargs: Any) -> int:
+  """Numerically verifies ``fn(c * theta_S) == c**k fn(theta_S)``; returns k.
+
+  The leaves selected by ``mask`` are scaled jointly by each ``c`` in
+  ``scales``; the degree is read off ``c = 2`` and must be a positive
+  integer that fits every ``c`` to ``rtol`` (relative to the output's scale).
+  For an ``nnx.Module`` call ``check_homogeneous(model, mask, *inputs)``.
+
+  Args:
+    fn: ``(params, *args, **kwargs) -> output``, or an ``nnx.Module``.
+    params: the params pytree (for an nnx module: the mask).
+    mask: a mask for ``params`` (for an nnx module: the first input).
+    *example_args: inputs.
+    scales: the factors tried.
+    rtol: tolerance, relative to the largest output magnitude.
+    **example_kwargs: keyword inputs of ``fn``.
+
+  Returns:
+    The degree ``k``.
+
+  Raises:
+    ValueError: with the reason when the output is not homogeneous in the
+      masked leaves.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> f = lambda p, x: jnp.maximum(x @ p['w1'], 0) @ p['w2'] + p['b']
+    >>> p = {'w1': jnp.ones((2, 3)), 'w2': jnp.ones((3, 1)), 'b': jnp.ones(1)}
+    >>> lo.masks.check_homogeneous(f, p, {'w1': False, 'w2': True, 'b': True},
+    ...                            jnp.ones((4, 2)))
+    1
+  """
+  from lawn_optax import _homogeneous
+  import sys
+  nnx = sys.modules.get("flax.nnx")
+  if nnx is not None and isinstance(fn, nnx.Module):
+    params, mask = mask, params  # called as (model, mask, *inputs)
+  fn, params, args = _split_nnx(fn, params, example_args)
+  flags = _tree.broadcast_mask(mask, params)
+  if not any(flags):
+    raise ValueError("mask selects no parameter leaf.")
+  call = lambda p: np.concatenate([np.asarray(x, np.float64).ravel()
+                                   for x in jax.tree.leaves(
+                                       fn(p, *args, **example_kwargs))])
+  base = call(_tree.unwrap_variables(params))
+  size = float(np.max(np.abs(base))) if base.size else 0.0
+  if size == 0.0 or not np.isfinite(size):
+    raise ValueError(f"fn's output is {'zero' if size == 0 else 'not finite'}"
+                     " at these params: no degree can be measured.")
+  out = {c: call(_homogeneous.scale_params(params, flags, c)) for c in scales}
+  ref_c = 2.0 if 2.0 in out else scales[-1]
+  ratio = np.max(np.abs(out[ref_c])) / size
+  k = np.log(ratio) / np.log(ref_c) if ratio > 0 else -np.inf
+  k_int = int(round(k)) if np.isfinite(k) else 0
+  if not np.isfinite(k) or abs(k - k_int) > 0.05 or k_int < 1:
+    raise ValueError(f"not homogeneous of a positive integer degree: scaling "
+                     f"by {ref_c} scaled the output by {ratio:.6g} "
+                     f"(degree {k:.4g}).")
+  for c, o in out.items():
+    err = np.max(np.abs(o - c**k_int * base)) / (c**k_int * size)
+    if err > rtol:
+      raise ValueError(
+          f"not homogeneous: at c={c} the output differs from c**{k_int} "
+          f"times the original by {err:.3g} (relative), above rtol={rtol}.")
+  return k_int
