@@ -17,6 +17,7 @@ from fractions import Fraction
 from typing import Any, NamedTuple
 
 import jax
+import jax.extend.core
 import numpy as np
 
 from lawn_optax import _tree
@@ -83,6 +84,18 @@ def _sub_jaxprs(eqn):
       yield v, []
 
 
+def _live_eqns(jaxpr):
+  """Equations the outputs depend on (side computations such as a BatchNorm's
+  running-statistics update are skipped)."""
+  needed = {v for v in jaxpr.outvars if not _literal(v)}
+  live = []
+  for eqn in reversed(jaxpr.eqns):
+    if any(v in needed for v in eqn.outvars):
+      live.append(eqn)
+      needed.update(v for v in eqn.invars if not _literal(v))
+  return live[::-1]
+
+
 def _literal(v):
   return isinstance(v, jax.extend.core.Literal)
 
@@ -116,7 +129,7 @@ class _Analysis:
       env[v] = Fraction(0)
     for v, d in zip(jaxpr.invars, in_degrees):
       env[v] = d
-    for eqn in jaxpr.eqns:
+    for eqn in _live_eqns(jaxpr):
       ins = [read(v) for v in eqn.invars]
       outs = self.eqn(eqn, ins)
       for v, d in zip(eqn.outvars, outs):
@@ -295,20 +308,31 @@ def analyse(fn, params, args, kwargs, *, biases: str, include_embeddings: bool,
   base = [ZERO if biases == "ignore" and is_bias[i] and floating[i]
           else Fraction(0) for i in range(n)]
   cands = sorted((i for i in range(n) if candidate[i]), key=lambda i: first[i])
-  last_reason = None
-  for start in range(len(cands)):
-    chosen = set(cands[start:])
+  def degree_of(chosen, newest):
     degrees = [Fraction(1) if i in chosen else base[i] for i in range(n)]
-    analysis = _Analysis()
     try:
-      deg = output_degree(analysis, jaxpr, consts, degrees)
+      deg = output_degree(_Analysis(), jaxpr, consts, degrees)
     except UnsupportedPrimitive as e:
       raise ValueError(
           f"unsupported primitive '{e.name}'{' at ' + e.where if e.where else ''}"
-          f" on the path from parameter '{paths[cands[start]]}' to the output:"
+          f" on the path from parameter '{paths[newest]}' to the output:"
           " its effect on scaling is unknown. Pass an explicit mask "
           "(lawn_optax.masks.by_path) instead.") from None
-    if isinstance(deg, Fraction) and deg >= 1 and deg.denominator == 1:
+    ok = isinstance(deg, Fraction) and deg >= 1 and deg.denominator == 1
+    return ok, deg
+
+  last_reason = None
+  for start in range(len(cands)):
+    chosen = set(cands[start:])
+    ok, deg = degree_of(chosen, cands[start])
+    if ok:
+      # Maximality: an earlier leaf whose scaling keeps the degree joins too
+      # (e.g. the layer feeding a skip connection whose branch stays fixed).
+      for i in reversed(cands[:start]):
+        ok_i, deg_i = degree_of(chosen | {i}, i)
+        if ok_i:
+          chosen.add(i)
+          deg = deg_i
       flags = [i in chosen for i in range(n)]
       return flags, int(deg), paths, treedef, roles
     last_reason = deg if isinstance(deg, Broken) else Broken(

@@ -166,6 +166,7 @@ def _split_nnx(fn, params, args):
   if nnx is None or not isinstance(fn, nnx.Module):
     return fn, params, args
   graphdef, state, rest = nnx.split(fn, nnx.Param, ...)
+  rest = nnx.as_pure(rest)  # fresh Variables per call: BatchNorm may mutate
   call = lambda p, *a, **k: nnx.merge(graphdef, p, rest)(*a, **k)
   return call, nnx.as_pure(state), ((params,) + args if params is not None
                                     else args)
@@ -185,7 +186,11 @@ def final_homogeneous(fn: Any, params: Any = None, *example_args: Any,
   average pooling, reshapes, concatenation, sums of equal degree and
   multiplication by constants keep homogeneity; normalisations (their
   epsilon, or the mean subtracted in eval mode), non-homogeneous activations
-  (tanh, GELU, ...) and terms of mixed degree break it.
+  (tanh, GELU, ...) and terms of mixed degree break it. Any earlier leaf whose
+  joint scaling keeps the output homogeneous is then added (e.g. the layer
+  feeding a skip connection whose branch is not scaled), so no single further
+  leaf can join the result. Computations that do not reach the output (a
+  BatchNorm's running-statistics update) are ignored.
 
   Biases: with ``biases="strict"`` (default) the analysis is exact for the
   given params. A bias added after a scaled kernel has degree 1 while the

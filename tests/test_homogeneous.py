@@ -1,0 +1,313 @@
+"""masks.final_homogeneous against hand-derived masks and the numerical check."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import lawn_optax as lo
+from benchmarks import models
+from lawn_optax import _homogeneous, _tree
+
+
+class MLP(nn.Module):
+  use_bias: bool = True
+  norm: str | None = None  # "layer" or "batch" before the last two dense layers
+  classes: int = 4
+
+  @nn.compact
+  def __call__(self, x, train=True):
+    x = nn.relu(nn.Dense(16, use_bias=self.use_bias)(x))
+    x = nn.Dense(16, use_bias=self.use_bias)(x)
+    if self.norm == "layer":
+      x = nn.LayerNorm()(x)
+    elif self.norm == "batch":
+      x = nn.BatchNorm(use_running_average=not train)(x)
+    x = nn.relu(x)
+    x = nn.relu(nn.Dense(16, use_bias=self.use_bias)(x))
+    return nn.Dense(self.classes, use_bias=self.use_bias)(x)
+
+
+class BNCNN(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=True):
+    x = nn.Conv(8, (3, 3))(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.Conv(8, (3, 3), use_bias=False)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    x = nn.avg_pool(x, (2, 2), (2, 2))
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+class TwoBranch(nn.Module):
+  """Bias-free branches of equal degree, summed and concatenated."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.tanh(nn.Dense(8, use_bias=False)(x))   # tanh cuts here
+    a = nn.Dense(8, use_bias=False)(x)
+    b = nn.Dense(8, use_bias=False)(x)
+    y = nn.relu(a + b)                             # degrees 1 and 1
+    c = jnp.concatenate([nn.Dense(4, use_bias=False)(y),
+                         nn.Dense(4, use_bias=False)(y)], -1)  # 2 and 2
+    return nn.Dense(2, use_bias=False)(nn.leaky_relu(c))
+
+
+class SkipNet(nn.Module):
+  """A residual block whose skip mixes degrees (x + W2 relu(W1 x))."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(8, use_bias=False)(x)
+    y = nn.Dense(8, use_bias=False)(nn.relu(nn.Dense(8, use_bias=False)(x)))
+    x = nn.relu(x + y)
+    return nn.Dense(2, use_bias=False)(x)
+
+
+def _selected(mask):
+  paths, leaves, _ = _tree.flatten_with_paths(mask)
+  return sorted(p for p, v in zip(paths, leaves) if v)
+
+
+def _zero_biases(params):
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: jnp.zeros_like(x) if _tree.path_str(p).endswith("bias")
+      else x, params)
+
+
+def _check(fn, params, mask, args, expected, degree, candidates):
+  """Expected mask, numerical degree, and maximality over candidate leaves."""
+  assert _selected(mask) == sorted(expected)
+  assert lo.masks.check_homogeneous(fn, params, mask, *args) == degree
+  paths, _, treedef = _tree.flatten_with_paths(params)
+  flags = [p in expected for p in paths]
+  for i, p in enumerate(paths):
+    if flags[i] or not candidates(p):
+      continue
+    bigger = jax.tree.unflatten(treedef, [f or j == i
+                                          for j, f in enumerate(flags)])
+    try:
+      lo.masks.check_homogeneous(fn, params, bigger, *args)
+    except ValueError as e:
+      assert "not homogeneous" in str(e)
+      continue
+    # Still homogeneous only if the output ignores the leaf's scale: it sits
+    # behind a normalisation (scale-invariant up to the norm's epsilon).
+    alone = jax.tree.unflatten(treedef, [j == i for j in range(len(paths))])
+    scaled = _homogeneous.scale_params(params, jax.tree.leaves(alone), 2.0)
+    np.testing.assert_allclose(fn(scaled, *args), fn(params, *args),
+                               rtol=1e-3, atol=1e-4, err_msg=p)
+
+
+def _random_biases(params):
+  # Flax initialises biases at zero, which would hide degree mixing.
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: 0.3 * jax.random.normal(jax.random.key(len(str(p))), x.shape)
+      if _tree.path_str(p).endswith("bias") else x, params)
+
+
+def _linen(model, x, **apply_kw):
+  variables = model.init(jax.random.key(0), x)
+  params = _random_biases(variables["params"])
+  rest = {k: v for k, v in variables.items() if k != "params"}
+  mutable = list(rest) if rest else False
+
+  def fn(p, x):
+    out = model.apply({"params": p, **rest}, x, mutable=mutable, **apply_kw)
+    return out[0] if mutable else out
+  return fn, params
+
+
+X = jax.random.normal(jax.random.key(1), (6, 5))
+NOT_BIAS = lambda p: not p.endswith("bias")
+ANY = lambda p: True
+KERNELS = lambda p: p.endswith("kernel")
+
+
+def test_bias_free_mlp_all_kernels():
+  fn, params = _linen(MLP(use_bias=False), X)
+  mask = lo.masks.final_homogeneous(fn, params, X)
+  _check(fn, params, mask, (X,), [f"Dense_{i}/kernel" for i in range(4)], 4,
+         ANY)
+
+
+def test_mlp_with_biases_strict_and_ignore():
+  fn, params = _linen(MLP(), X)
+  strict = lo.masks.final_homogeneous(fn, params, X)
+  _check(fn, params, strict, (X,), ["Dense_3/kernel", "Dense_3/bias"], 1, ANY)
+  ignore = lo.masks.final_homogeneous(fn, params, X, biases="ignore")
+  zb = _zero_biases(params)
+  _check(fn, zb, ignore, (X,), [f"Dense_{i}/kernel" for i in range(4)], 4,
+         NOT_BIAS)
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_mlp_with_norm_before_last_two_dense(norm):
+  fn, params = _linen(MLP(norm=norm), X)
+  mask = lo.masks.final_homogeneous(fn, params, X, biases="ignore")
+  zb = _zero_biases(params)
+  _check(fn, zb, mask, (X,), ["Dense_2/kernel", "Dense_3/kernel"], 2,
+         lambda p: NOT_BIAS(p) and "Norm" not in p)
+  strict = lo.masks.final_homogeneous(fn, params, X)
+  assert _selected(strict) == ["Dense_3/bias", "Dense_3/kernel"]
+  # A free norm scale before the head can join when asked (its bias zeroed).
+  with_scale = lo.masks.final_homogeneous(fn, params, X, biases="ignore",
+                                          include_scales=True)
+  norm_name = "LayerNorm_0" if norm == "layer" else "BatchNorm_0"
+  assert _selected(with_scale) == sorted([f"{norm_name}/scale",
+                                          "Dense_2/kernel", "Dense_3/kernel"])
+  assert lo.masks.check_homogeneous(fn, zb, with_scale, X) == 3
+
+
+def test_cnn_with_batchnorm_and_dense_head():
+  x = jax.random.normal(jax.random.key(2), (4, 8, 8, 3))
+  fn, params = _linen(BNCNN(), x)
+  strict = lo.masks.final_homogeneous(fn, params, x)
+  _check(fn, params, strict, (x,), ["Dense_0/bias", "Dense_0/kernel"], 1,
+         lambda p: "BatchNorm" not in p)
+  ignore = lo.masks.final_homogeneous(fn, params, x, biases="ignore")
+  _check(fn, _zero_biases(params), ignore, (x,), ["Dense_0/kernel"], 1,
+         lambda p: NOT_BIAS(p) and "BatchNorm" not in p)
+
+
+def test_resnet_blocks_with_skip_connections():
+  x = jax.random.normal(jax.random.key(2), (2, 28 * 28))
+  fn, params = _linen(models.ResNet(widths=(4, 8)), x, train=True)
+  mask = lo.masks.final_homogeneous(fn, params, x)
+  _check(fn, params, mask, (x,), ["Dense_0/bias", "Dense_0/kernel"], 1,
+         lambda p: "BatchNorm" not in p)
+  fn, params = _linen(SkipNet(), X)
+  mask = lo.masks.final_homogeneous(fn, params, X)
+  # x + W2 relu(W1 x) mixes degrees when the branch is scaled: the suffix is
+  # the head; the stem feeding the skip (branch fixed) keeps degrees equal.
+  _check(fn, params, mask, (X,), ["Dense_0/kernel", "Dense_3/kernel"], 2, ANY)
+
+
+def test_equal_degree_branches_and_concat():
+  fn, params = _linen(TwoBranch(), X)
+  mask = lo.masks.final_homogeneous(fn, params, X)
+  _check(fn, params, mask, (X,), [f"Dense_{i}/kernel" for i in range(1, 6)],
+         3, ANY)
+
+
+def test_ncf_recommender():
+  model = models.NCF(num_users=7, num_items=11, dim=4, tower=(8, 4))
+  u, i = jnp.arange(6) % 7, jnp.arange(6) % 11
+  params = _random_biases(model.init(jax.random.key(0), u, i)["params"])
+  fn = lambda p, u, i: model.apply({"params": p}, u, i)
+  strict = lo.masks.final_homogeneous(fn, params, u, i)
+  _check(fn, params, strict, (u, i), ["Dense_2/bias", "Dense_2/kernel"], 1,
+         lambda p: "embedding" not in p)
+  zb = _zero_biases(params)
+  tower = lo.masks.final_homogeneous(fn, params, u, i, biases="ignore")
+  _check(fn, zb, tower, (u, i), ["Dense_0/kernel", "Dense_1/kernel",
+                                 "Dense_2/kernel"], 3, KERNELS)
+  full = lo.masks.final_homogeneous(fn, params, u, i, biases="ignore",
+                                    include_embeddings=True)
+  _check(fn, zb, full, (u, i), ["Dense_0/kernel", "Dense_1/kernel",
+                                "Dense_2/kernel", "item_embedding/embedding",
+                                "user_embedding/embedding"], 4, NOT_BIAS)
+
+
+class NnxCNN(nnx.Module):
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(8, rngs=rngs)
+    self.fc1 = nnx.Linear(8 * 4 * 4, 16, use_bias=False, rngs=rngs)
+    self.fc2 = nnx.Linear(16, 3, use_bias=False, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.bn(self.conv(x)))
+    x = nnx.avg_pool(x, (2, 2), (2, 2))
+    x = nnx.leaky_relu(self.fc1(x.reshape(x.shape[0], -1)))
+    return self.fc2(x)
+
+
+def test_nnx_module_and_nnx_optimizer():
+  model = NnxCNN(nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
+  mask = lo.masks.final_homogeneous(model, x)
+  assert _selected(mask) == ["fc1/kernel", "fc2/kernel"]
+  assert lo.masks.check_homogeneous(model, mask, x) == 2
+  y = jnp.arange(4) % 3
+  opt = nnx.Optimizer(model, lo.lawn_adam(1e-2, free_steps=3, mask=mask),
+                      wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, opt):
+    loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(
+        m(x), y).mean()
+    opt.update(model, nnx.grad(loss)(model))
+
+  for t in range(8):
+    if t == 3:
+      frozen = float(jnp.linalg.norm(model.fc2.kernel[...]))
+    step(model, opt)
+  np.testing.assert_allclose(jnp.linalg.norm(model.fc2.kernel[...]), frozen,
+                             rtol=1e-5)
+
+
+def test_lawn_trains_with_final_homogeneous_mask():
+  from sklearn.datasets import load_digits
+  xs, ys = load_digits(return_X_y=True)
+  xs, ys = jnp.asarray(xs / 16.0, jnp.float32), jnp.asarray(ys)
+  model = MLP(norm="layer", classes=10)
+  params = model.init(jax.random.key(0), xs[:2])["params"]
+  fn = lambda p, x: model.apply({"params": p}, x)
+  mask = lo.masks.final_homogeneous(fn, params, xs[:2], biases="ignore")
+  tx = lo.lawn_adam(3e-3, free_steps=60, mask=mask)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state, i):
+    idx = jax.random.choice(jax.random.key(i), xs.shape[0], (128,))
+    g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+        fn(p, xs[idx]), ys[idx]).mean())(params)
+    u, state = tx.update(g, state, params)
+    return optax.apply_updates(params, u), state
+
+  for i in range(200):
+    params, state = step(params, state, i)
+  acc = float((fn(params, xs).argmax(-1) == ys).mean())
+  assert acc > 0.9
+  got = lo.weight_norms(params, mask)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), got,
+               lo.frozen_norms(state))
+
+
+def test_many_leaves_is_fast():
+  class Deep(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for _ in range(60):
+        x = nn.relu(nn.Dense(8)(x))
+      return nn.Dense(2)(x)
+  fn, params = _linen(Deep(), X)
+  assert len(jax.tree.leaves(params)) > 100
+  t0 = time.perf_counter()
+  mask = lo.masks.final_homogeneous(fn, params, X, biases="ignore")
+  assert time.perf_counter() - t0 < 5.0
+  assert len(_selected(mask)) == 61
+
+
+def test_errors_name_the_reason():
+  p = {"w": jnp.ones((5, 3))}
+  with pytest.raises(ValueError, match="does not depend on the params"):
+    lo.masks.final_homogeneous(lambda p, x: x * 2.0, p, X)
+  with pytest.raises(ValueError, match="not positively homogeneous.*'tanh'"):
+    lo.masks.final_homogeneous(lambda p, x: jnp.tanh(x @ p["w"]), p, X)
+
+  def loop(p, x):
+    return jax.lax.fori_loop(0, 3, lambda i, h: h * 2.0, x @ p["w"])
+  with pytest.raises(ValueError, match="unsupported primitive '(while|scan)'.*'w'"):
+    lo.masks.final_homogeneous(loop, p, X)
+  with pytest.raises(ValueError, match="not homogeneous"):
+    lo.masks.check_homogeneous(lambda p, x: x @ p["w"] + 1.0, p, True, X)
+  with pytest.raises(ValueError, match="output is zero"):
+    lo.masks.check_homogeneous(lambda p, x: 0.0 * (x @ p["w"]), p, True, X)
