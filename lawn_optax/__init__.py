@@ -6,7 +6,20 @@ Every method is an ``optax.GradientTransformationExtraArgs`` that composes with
 """
 
 from lawn_optax import masks
+from lawn_optax.curvature import (
+    CurvatureLRState,
+    cblr,
+    lars,
+    mclr,
+    scale_by_curvature_lr,
+)
 from lawn_optax.diagnostics import frozen_norms, weight_norms
+from lawn_optax.fixnorm import fixnorm, fixnorm_search
+from lawn_optax.large_batch import (
+    batch_size_schedule,
+    small_loss_mean,
+    small_loss_weights,
+)
 from lawn_optax.lawn import lawn, lawn_adam, lawn_lamb, lawn_sgd
 from lawn_optax.projection import (
     NormConstraintState,
@@ -15,20 +28,33 @@ from lawn_optax.projection import (
     norms,
     project_to_tangent,
 )
+from lawn_optax.wrs import rescale_batch_stats, weight_rescaling
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CurvatureLRState",
     "NormConstraintState",
     "TangentProjectionState",
+    "batch_size_schedule",
+    "cblr",
     "constrain_norms",
+    "fixnorm",
+    "fixnorm_search",
     "frozen_norms",
+    "lars",
     "lawn",
     "lawn_adam",
     "lawn_lamb",
     "lawn_sgd",
     "masks",
+    "mclr",
     "norms",
     "project_to_tangent",
+    "rescale_batch_stats",
+    "scale_by_curvature_lr",
+    "small_loss_mean",
+    "small_loss_weights",
     "weight_norms",
+    "weight_rescaling",
 ]

@@ -190,6 +190,22 @@ def select(mask: MaskOrFn, params: Any, *, granularity: str = "tensor",
   return Selection(treedef, paths, flags)
 
 
+def select_update(mask: MaskOrFn, updates: Any, params: Any, *,
+                  granularity: str = "tensor", unit_axis: int = -1,
+                  what: str = "mask") -> tuple[Selection, list, list, Any]:
+  """The common preamble of every ``update``: selection, params and update
+  leaves (MaskedNode counted as a leaf), and the updates' treedef."""
+  require_params(params)
+  sel = select(mask, params, granularity=granularity, unit_axis=unit_axis,
+               what=what)
+  w = sel.flatten(params, "params")
+  u, u_def = jax.tree.flatten(updates, is_leaf=is_masked_node)
+  if len(u) != len(w):
+    raise ValueError("updates and params have different structures: "
+                     f"{u_def} vs {sel.treedef}")
+  return sel, w, u, u_def
+
+
 def check_granularity(granularity: Any) -> None:
   if granularity not in GRANULARITIES:
     raise ValueError(

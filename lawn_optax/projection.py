@@ -190,14 +190,8 @@ def constrain_norms(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _tree.require_params(params)
-    sel = _tree.select(mask, params, granularity=granularity,
-                       unit_axis=unit_axis)
-    w = sel.flatten(params, "params")
-    u, u_def = jax.tree.flatten(updates, is_leaf=_tree.is_masked_node)
-    if len(u) != len(w):
-      raise ValueError("updates and params have different structures: "
-                       f"{u_def} vs {sel.treedef}")
+    sel, w, u, u_def = _tree.select_update(
+        mask, updates, params, granularity=granularity, unit_axis=unit_axis)
     t = sel.flatten(state.targets, "state.targets")
     count = state.count
     if capture:
@@ -265,11 +259,8 @@ def project_to_tangent(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _tree.require_params(params)
-    sel = _tree.select(mask, params, granularity=granularity,
-                       unit_axis=unit_axis)
-    w = sel.flatten(params, "params")
-    g, g_def = jax.tree.flatten(updates, is_leaf=_tree.is_masked_node)
+    sel, w, g, g_def = _tree.select_update(
+        mask, updates, params, granularity=granularity, unit_axis=unit_axis)
     active = _active(state.count, start_step, 1)
     new_g = [
         jnp.where(active, tangent(wi, gi, granularity, unit_axis), gi)

@@ -1,0 +1,365 @@
+"""CBLR / MCLR: per-layer learning rates from curvature estimates (LARS is one).
+
+Each layer (params leaf) ``l`` gets the update scale
+``trust_coefficient / c_l`` from a curvature estimate ``c_l``; with the
+``"grad_weight_ratio"`` estimator ``c_l = (||g_l|| + β||w_l||) / ||w_l||`` this
+is exactly LARS's local learning rate, the "special case" of the CBLR paper.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from lawn_optax import _tree
+
+ESTIMATORS = ("grad_weight_ratio", "secant", "hutchinson")
+REDUCTIONS = ("norm", "median")
+
+
+class CurvatureLRState(NamedTuple):
+  """State of :func:`scale_by_curvature_lr`.
+
+  Attributes:
+    count: int32 ``[]``.
+    curvature: float32 ``[]`` per scaled leaf (the smoothed estimate;
+      ``MaskedNode`` elsewhere). Used by ``"secant"`` and ``"hutchinson"``.
+    prev_grads: previous gradients (``"secant"`` only, else empty).
+    prev_params: previous params (``"secant"`` only, else empty).
+    key: PRNG key (``"hutchinson"`` only, else empty).
+  """
+  count: chex.Array
+  curvature: Any
+  prev_grads: Any
+  prev_params: Any
+  key: Any
+
+
+def _median(x):
+  # NaN marks entries without an estimate (w_i == 0, Δw_i == 0).
+  return jnp.nanmedian(x.ravel())
+
+
+def _layer_estimate(num, den, reduction):
+  """``||num|| / ||den||`` per layer, or the median of ``|num_i| / |den_i|``."""
+  num, den = num.astype(jnp.float32), den.astype(jnp.float32)
+  if reduction == "norm":
+    d = jnp.sqrt(jnp.sum(den * den))
+    return jnp.where(d > 0, jnp.sqrt(jnp.sum(num * num)) /
+                     jnp.where(d > 0, d, 1.0), jnp.nan)
+  ratio = jnp.where(den != 0, jnp.abs(num) / jnp.where(den != 0, jnp.abs(den),
+                                                       1.0), jnp.nan)
+  return _median(ratio)
+
+
+def scale_by_curvature_lr(
+    estimator: str = "grad_weight_ratio",
+    *,
+    reduction: str = "norm",
+    relative_to: str | None = None,
+    trust_coefficient: Any = 1.0,
+    weight_decay: Any = 0.0,
+    ema_decay: float = 0.9,
+    hutchinson_every: int = 10,
+    min_scale: float = 0.0,
+    max_scale: float = float("inf"),
+    mask: _tree.MaskOrFn = True,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Scales each layer's update by ``trust_coefficient / c_l``.
+
+  Curvature estimators ``c_l`` (per params leaf):
+
+  * ``"grad_weight_ratio"``: ``(||g|| + β||w||) / ||w||`` -- the LARS limit;
+    with ``weight_decay=β > 0`` the output is ``scale * (g + β w)``, as in the
+    LARS paper. (``optax.lars`` uses ``||g + β w||`` instead of
+    ``||g|| + β||w||``; the two agree when β = 0.)
+  * ``"secant"``: EMA (``ema_decay``) of ``||g_t - g_{t-1}|| /
+    ||w_t - w_{t-1}||``, a finite-difference curvature along the last step.
+    Keeps the previous gradients and params in the state (parameter-sized).
+    Until the first difference exists the scale is 1.
+  * ``"hutchinson"``: ``mean |v ⊙ Hv|`` with Rademacher ``v``, the Hutchinson
+    estimate of the Hessian diagonal, recomputed every ``hutchinson_every``
+    steps (EMA-smoothed). ``update`` then needs the extra argument
+    ``obj_fn`` (params -> loss), as in ``optax.contrib.sophia``.
+
+  ``reduction="median"`` replaces the ratio of norms by the median of the
+  element-wise ratios within the layer (MCLR's within-layer median; for
+  Hutchinson the median of ``|v ⊙ Hv|``). ``relative_to="median"`` divides
+  every ``c_l`` by the median over layers, so a layer of median curvature
+  gets scale ``trust_coefficient`` (MCLR's across-layer normalisation).
+
+  Guards: a zero, negative, NaN or infinite estimate (zero weights, no step
+  yet) gives scale 1; scales are clipped to ``[min_scale, max_scale]``.
+
+  Args:
+    estimator: one of ``"grad_weight_ratio"``, ``"secant"``, ``"hutchinson"``.
+    reduction: ``"norm"`` or ``"median"``.
+    relative_to: ``None`` or ``"median"`` (across layers).
+    trust_coefficient: numerator of the scale (LARS's η).
+    weight_decay: β, added to the update as ``β w`` (grad_weight_ratio only).
+    ema_decay: smoothing of the secant and Hutchinson estimates.
+    hutchinson_every: Hutchinson recomputation period (steps).
+    min_scale, max_scale: clipping of the scale.
+    mask: which leaves get a per-layer scale (others pass through; like LARS,
+      exclude biases and norm parameters).
+    seed: PRNG seed of the Hutchinson probe vectors.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs params.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.scale_by_curvature_lr("grad_weight_ratio")
+    >>> p, g = {'w': jnp.array([3.0, 4.0])}, {'w': jnp.array([0.0, 0.5])}
+    >>> u, _ = tx.update(g, tx.init(p), p)   # scale ||w|| / ||g|| = 10
+    >>> u['w'].tolist()
+    [0.0, 5.0]
+
+  References:
+    Gao & Zhong, `Study on the Large Batch Size Training of Neural Networks
+    Based on the Second Order Gradient <https://arxiv.org/abs/2012.08795>`_,
+    2020; You, Gitman, Ginsburg, `Large Batch Training of Convolutional
+    Networks <https://arxiv.org/abs/1708.03888>`_, 2017.
+  """
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"estimator must be one of {ESTIMATORS}, got "
+                     f"{estimator!r}.")
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got "
+                     f"{reduction!r}.")
+  if relative_to not in (None, "median"):
+    raise ValueError(f"relative_to must be None or 'median', got "
+                     f"{relative_to!r}.")
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
+  _tree.check_step(hutchinson_every, "hutchinson_every", minimum=1)
+  secant, hutch = estimator == "secant", estimator == "hutchinson"
+
+  def init_fn(params):
+    sel = _tree.select(mask, params, what="mask")
+    w = sel.flatten(params, "params")
+    nan = lambda _: jnp.full([], jnp.nan, jnp.float32)
+    return CurvatureLRState(
+        count=jnp.zeros([], jnp.int32),
+        curvature=sel.unflatten(sel.map(nan, w)),
+        prev_grads=optax.tree.zeros_like(params) if secant else (),
+        prev_params=params if secant else (),
+        key=jax.random.PRNGKey(seed) if hutch else ())
+
+  def smooth(old, new):
+    fresh = jnp.isfinite(new) & (new > 0)
+    blended = jnp.where(jnp.isfinite(old), ema_decay * old +
+                        (1 - ema_decay) * new, new)
+    return jnp.where(fresh, blended, old)
+
+  def update_fn(updates, state, params=None, obj_fn=None, **extra_args):
+    del extra_args
+    sel, w, g, g_def = _tree.select_update(mask, updates, params)
+    old = sel.flatten(state.curvature, "state.curvature")
+    key = state.key
+    if estimator == "grad_weight_ratio":
+      raw = sel.map(lambda gi, wi: _layer_estimate(gi, wi, reduction), g, w)
+      if weight_decay is not None:
+        # LARS: (||g|| + β||w||) / ||w|| = ||g||/||w|| + β.
+        raw = [r if _tree.is_masked_node(r) else r + weight_decay for r in raw]
+      curv = raw
+    elif secant:
+      pg = sel.flatten(state.prev_grads)
+      pw = sel.flatten(state.prev_params)
+      first = state.count == 0
+      raw = sel.map(lambda gi, pgi, wi, pwi: jnp.where(
+          first, jnp.nan, _layer_estimate(gi - pgi, wi - pwi, reduction)),
+                    g, pg, w, pw)
+      curv = [c if _tree.is_masked_node(c) else smooth(o, c)
+              for c, o in zip(raw, old)]
+    else:
+      if obj_fn is None:
+        raise ValueError("estimator='hutchinson' needs update(..., "
+                         "obj_fn=params -> loss).")
+      key, sub = jax.random.split(key)
+
+      def estimate():
+        leaves, treedef = jax.tree.flatten(params)
+        keys = jax.random.split(sub, len(leaves))
+        v = jax.tree.unflatten(treedef, [
+            jax.random.rademacher(k, x.shape, x.dtype)
+            for k, x in zip(keys, leaves)])
+        hv = jax.jvp(jax.grad(obj_fn), (params,), (v,))[1]
+        d = sel.flatten(jax.tree.map(lambda a, b: a * b, v, hv))
+        return sel.map(lambda di: (_median(jnp.abs(di.astype(jnp.float32)))
+                                   if reduction == "median" else
+                                   jnp.mean(jnp.abs(di.astype(jnp.float32)))),
+                       d)
+
+      due = state.count % hutchinson_every == 0
+      raw = jax.lax.cond(due, estimate, lambda: old)
+      curv = [c if _tree.is_masked_node(c) else jnp.where(due, smooth(o, c), o)
+              for c, o in zip(raw, old)]
+    eff = curv
+    if relative_to == "median":
+      vals = jnp.stack([c for c in curv if not _tree.is_masked_node(c)])
+      med = jnp.nanmedian(jnp.where(vals > 0, vals, jnp.nan))
+      eff = [c if _tree.is_masked_node(c) else c / med for c in curv]
+
+    def scaled(gi, wi, ci):
+      ok = jnp.isfinite(ci) & (ci > 0)
+      s = jnp.where(ok, trust_coefficient / jnp.where(ok, ci, 1.0), 1.0)
+      s = jnp.clip(s, min_scale, max_scale)
+      if estimator == "grad_weight_ratio" and weight_decay is not None:
+        gi = gi + weight_decay * wi
+      return (gi * s).astype(gi.dtype)
+
+    new_g = [scaled(gi, wi, ci) if f else gi
+             for f, gi, wi, ci in zip(sel.flags, g, w, eff)]
+    new_state = CurvatureLRState(
+        count=optax.safe_increment(state.count),
+        curvature=sel.unflatten([
+            c if _tree.is_masked_node(c) else c.astype(jnp.float32)
+            for c in curv]),
+        prev_grads=updates if secant else (),
+        prev_params=params if secant else (),
+        key=key)
+    return jax.tree.unflatten(g_def, new_g), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def cblr(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    estimator: str = "secant",
+    reduction: str = "norm",
+    trust_coefficient: Any = 1.0,
+    weight_decay: Any = 0.0,
+    momentum: float | None = 0.9,
+    nesterov: bool = False,
+    mask: _tree.MaskOrFn = True,
+    **estimator_kwargs: Any,
+) -> optax.GradientTransformationExtraArgs:
+  """CBLR: SGD with momentum and per-layer learning rates ``η / c_l``.
+
+  ``chain(scale_by_curvature_lr(...), scale_by_learning_rate(η),
+  trace(momentum))``, the layout of LARS; with ``estimator=
+  "grad_weight_ratio"`` and ``trust_coefficient=η_trust`` it *is* LARS
+  (paper-faithful trust ratio ``||w|| / (||g|| + β||w||)``).
+
+  Args:
+    learning_rate: global η (float or schedule).
+    estimator, reduction, trust_coefficient, weight_decay, mask: see
+      :func:`scale_by_curvature_lr`.
+    momentum: heavy-ball momentum (``None`` for none).
+    nesterov: Nesterov momentum.
+    **estimator_kwargs: more :func:`scale_by_curvature_lr` options.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.cblr(0.1, estimator="grad_weight_ratio")
+    >>> p = {'w': jnp.array([3.0, 4.0])}
+    >>> u, _ = tx.update({'w': jnp.array([0.0, 0.5])}, tx.init(p), p)
+    >>> float(u['w'][1])   # -lr * (||w|| / ||g||) * g
+    -0.5
+
+  References:
+    Gao & Zhong, arXiv:2012.08795, 2020.
+  """
+  steps = [scale_by_curvature_lr(
+      estimator, reduction=reduction, trust_coefficient=trust_coefficient,
+      weight_decay=weight_decay, mask=mask, **estimator_kwargs),
+           optax.scale_by_learning_rate(learning_rate)]
+  if momentum is not None:
+    steps.append(optax.trace(decay=momentum, nesterov=nesterov))
+  return optax.chain(*steps)
+
+
+def mclr(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    estimator: str = "secant",
+    within_layer_median: bool = False,
+    momentum: float | None = 0.9,
+    mask: _tree.MaskOrFn = True,
+    **kwargs: Any,
+) -> optax.GradientTransformationExtraArgs:
+  """MCLR: median-curvature learning rates, ``η_l = η · median_k(c_k) / c_l``.
+
+  The alias normalises by the median curvature *across layers*
+  (``relative_to="median"``), so η is the step of a layer of median
+  curvature and flatter (sharper) layers get proportionally more (less).
+  ``within_layer_median=True`` also takes each layer's estimate as the median
+  of its element-wise ratios instead of a ratio of norms.
+
+  Args:
+    learning_rate: η for a layer of median curvature.
+    estimator: see :func:`scale_by_curvature_lr`.
+    within_layer_median: use ``reduction="median"`` too.
+    momentum: heavy-ball momentum (``None`` for none).
+    mask: which leaves get a per-layer rate.
+    **kwargs: more :func:`cblr` / :func:`scale_by_curvature_lr` options.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.mclr(0.1, estimator="grad_weight_ratio", momentum=None)
+    >>> p = {'a': jnp.ones(4), 'b': jnp.ones(4)}
+    >>> g = {'a': 0.1 * jnp.ones(4), 'b': 0.3 * jnp.ones(4)}
+    >>> u, _ = tx.update(g, tx.init(p), p)   # median curvature 0.2
+    >>> [round(float(u[k][0]), 4) for k in 'ab']
+    [-0.02, -0.02]
+
+  References:
+    Gao & Zhong, arXiv:2012.08795, 2020.
+  """
+  return cblr(learning_rate, estimator=estimator,
+              reduction="median" if within_layer_median else "norm",
+              relative_to="median", momentum=momentum, mask=mask, **kwargs)
+
+
+def lars(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    weight_decay: Any = 0.0,
+    trust_coefficient: Any = 0.001,
+    momentum: float | None = 0.9,
+    nesterov: bool = False,
+    mask: _tree.MaskOrFn = True,
+) -> optax.GradientTransformationExtraArgs:
+  """LARS with the paper's trust ratio ``η_trust ||w|| / (||g|| + β||w||)``.
+
+  ``optax.lars`` divides by ``||g + β w||`` instead; the two coincide when
+  ``weight_decay=0``. This is :func:`cblr` with the ``"grad_weight_ratio"``
+  estimator.
+
+  Args:
+    learning_rate: global learning rate γ.
+    weight_decay: β.
+    trust_coefficient: η_trust.
+    momentum, nesterov: heavy-ball momentum on ``γ λ (g + β w)``.
+    mask: which leaves get the trust ratio (others: plain momentum SGD).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.lars(1.0, trust_coefficient=0.1, momentum=None)
+    >>> p = {'w': jnp.array([3.0, 4.0])}
+    >>> u, _ = tx.update({'w': jnp.array([0.0, 0.5])}, tx.init(p), p)
+    >>> float(u['w'][1])   # -0.1 * ||w|| / ||g|| * g
+    -0.5
+
+  References:
+    You, Gitman, Ginsburg, arXiv:1708.03888, 2017.
+  """
+  return cblr(learning_rate, estimator="grad_weight_ratio",
+              trust_coefficient=trust_coefficient, weight_decay=weight_decay,
+              momentum=momentum, nesterov=nesterov, mask=mask)
