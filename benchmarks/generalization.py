@@ -172,7 +172,7 @@ FREE_GRID = [0.2, 0.5]  # fraction of the total steps spent free
 
 
 def optimizer_specs(names, lr_grid=None, free_grid=None, wd_grid=None,
-                    tangent=False):
+                    tangent=False, granularity="tensor"):
   lr_grid = lr_grid or LR_GRID
   specs = {}
   for name in names:
@@ -184,7 +184,7 @@ def optimizer_specs(names, lr_grid=None, free_grid=None, wd_grid=None,
       def build(hp, mask, total, base=base):
         free = jnp.round(hp["free_frac"] * total).astype(jnp.int32)
         return lo.lawn(_base(base, hp["lr"]), free_steps=free, mask=mask,
-                       tangent_projection=tangent)
+                       tangent_projection=tangent, granularity=granularity)
     else:
       if base == "adamw":
         grid["wd"] = wd_grid or WD_GRID
@@ -243,14 +243,14 @@ def run_cell(task: Task, spec: OptSpec, batch: int, epochs: int,
   seconds = time.perf_counter() - t0
   metrics = jax.tree.map(np.asarray, metrics)   # [configs, seeds]
   logs = jax.tree.map(np.asarray, logs)         # [configs, seeds, epochs]
-  sel_key = f"val_{task.metric}"
+  sel_key, test_key = f"val_{task.metric}", f"test_{task.metric}"
   best = int(np.argmax(metrics[sel_key].mean(axis=1)))
-  test_key = f"test_{task.metric}"
   return {
       "batch_size": batch, "epochs": epochs, "steps": total,
       "grid": {k: [float(p[i]) for p in points] for i, k in enumerate(keys)},
       "selected": {k: float(points[best][i]) for i, k in enumerate(keys)},
       "val_mean_per_config": metrics[sel_key].mean(axis=1).tolist(),
+      "test_mean_per_config": metrics[test_key].mean(axis=1).tolist(),
       "test": metrics[test_key][best].tolist(),
       "test_mean": float(metrics[test_key][best].mean()),
       "test_std": float(metrics[test_key][best].std(ddof=1)) if len(seeds) > 1
@@ -361,7 +361,7 @@ def plot(results: dict[str, Any], path_prefix: str) -> list[str]:
 PRESETS = {
     "quick": dict(dataset="mnist1d", optimizers=["adam", "lawn-adam", "sgdm",
                                                  "lawn-sgdm"],
-                  batch_sizes=[32, 512, 4000], epochs=60, seeds=[0, 1, 2],
+                  batch_sizes=[32, 512, 4000], epochs=100, seeds=[0, 1, 2],
                   hidden=(128, 128)),
     "full": dict(dataset="mnist1d", optimizers=[
         "sgdm", "lawn-sgdm", "adam", "lawn-adam", "adamw", "lamb", "lawn-lamb"],
@@ -399,6 +399,10 @@ def main(argv=None):
   p.add_argument("--max-train", type=int, help="subsample the training set")
   p.add_argument("--tangent", action="store_true",
                  help="LAWN with tangent projection")
+  p.add_argument("--free-grid", nargs="+", type=float,
+                 help=f"LAWN free fractions tried (default {FREE_GRID})")
+  p.add_argument("--granularity", choices=["tensor", "unit"],
+                 default="tensor", help="LAWN's norm granularity")
   p.add_argument("--out", default=str(common.RESULTS))
   p.add_argument("--tag", default="", help="suffix for output file names")
   args = p.parse_args(argv)
@@ -409,11 +413,14 @@ def main(argv=None):
   from tqdm import tqdm
 
   task = make_task(cfg["dataset"], tuple(cfg["hidden"]), args.max_train)
-  specs = optimizer_specs(cfg["optimizers"], tangent=args.tangent)
+  specs = optimizer_specs(cfg["optimizers"], tangent=args.tangent,
+                          granularity=args.granularity,
+                          free_grid=args.free_grid)
   results = {"dataset": task.name, "metric": task.metric,
              "mode": "full" if args.full else "quick",
              "num_train": task.num_train, "seeds": cfg["seeds"],
              "epochs": cfg["epochs"], "tangent_projection": args.tangent,
+             "granularity": args.granularity,
              "environment": common.environment(), "cells": {}}
   cells = [(n, b) for n in cfg["optimizers"] for b in cfg["batch_sizes"]]
   bar = tqdm(cells, desc="cells")

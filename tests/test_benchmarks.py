@@ -1,0 +1,132 @@
+"""Data loaders (on small data the tests make) and benchmark plumbing."""
+
+import gzip
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from benchmarks import data, generalization, overhead
+
+
+def _idx_bytes(arr):
+  arr = np.asarray(arr, np.uint8)
+  return struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(
+      f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+
+def test_read_idx_plain_and_gzip(tmp_path):
+  arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+  (tmp_path / "a.idx").write_bytes(_idx_bytes(arr))
+  (tmp_path / "a.idx.gz").write_bytes(gzip.compress(_idx_bytes(arr)))
+  np.testing.assert_array_equal(data.read_idx(tmp_path / "a.idx"), arr)
+  np.testing.assert_array_equal(data.read_idx(tmp_path / "a.idx.gz"), arr)
+  (tmp_path / "bad.idx").write_bytes(b"\x00\x00\x0d\x01" + b"\x00" * 8)
+  with pytest.raises(ValueError, match="not an unsigned-byte idx file"):
+    data.read_idx(tmp_path / "bad.idx")
+  (tmp_path / "short.idx").write_bytes(_idx_bytes(arr)[:-3])
+  with pytest.raises(ValueError, match="header says"):
+    data.read_idx(tmp_path / "short.idx")
+
+
+def test_fashion_mnist_from_user_path(tmp_path, monkeypatch):
+  rng = np.random.default_rng(0)
+  files = {"x": rng.integers(0, 256, (5, 28, 28)), "y": [0, 1, 2, 3, 9],
+           "x_test": rng.integers(0, 256, (2, 28, 28)), "y_test": [4, 5]}
+  for key, name in data.FASHION_FILES.items():
+    (tmp_path / name).write_bytes(gzip.compress(_idx_bytes(files[key])))
+  ds = data.fashion_mnist(tmp_path)
+  assert ds.x.shape == (5, 784) and ds.x.dtype == np.float32
+  assert ds.x.max() <= 1.0 and ds.y.tolist() == [0, 1, 2, 3, 9]
+  np.testing.assert_allclose(ds.x_test[1], files["x_test"][1].ravel() / 255.0,
+                             rtol=1e-6)
+  monkeypatch.setattr(data, "FASHION_DIRS", ())
+  with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+    data.fashion_mnist(tmp_path / "missing")
+
+
+RATINGS = {"userId": [1, 1, 1, 2, 2, 2, 2, 3], "movieId": [10, 20, 30, 10,
+                                                          40, 50, 60, 70],
+           "rating": [4.0, 3, 5, 2, 1, 4, 5, 3],
+           "timestamp": [5, 1, 3, 2, 9, 8, 7, 1]}
+
+
+def test_movielens_csv_and_leave_one_out(tmp_path):
+  path = tmp_path / "ratings.csv"
+  rows = zip(*RATINGS.values())
+  path.write_text("userId,movieId,rating,timestamp\n" + "\n".join(
+      ",".join(str(v) for v in r) for r in rows) + "\n")
+  r = data.movielens(path)
+  assert (r.num_users, r.num_items, len(r.user)) == (3, 7, 8)
+  split = data.leave_one_out(r, num_negatives=2, seed=0)
+  # User 0 (id 1): by time 20 (t=1), 30 (t=3), 10 (t=5): test 10, val 30.
+  items = np.unique(RATINGS["movieId"])
+  assert items[split.test[0, 0]] == 10 and items[split.val[0, 0]] == 30
+  assert items[split.test[1, 0]] == 40 and items[split.val[1, 0]] == 50
+  for row, user_items in ((0, {10, 20, 30}), (1, {10, 40, 50, 60})):
+    for cand in (split.val[row, 1:], split.test[row, 1:]):
+      assert not set(items[cand]) & user_items
+  # User 2 (one rating) only trains; held-out items left the training set.
+  assert split.eval_users.tolist() == [0, 1]
+  assert len(split.train_user) == 8 - 4
+
+
+def test_movielens_from_r_lazy_load_db(tmp_path):
+  import pandas as pd
+  import rdata
+  frame = pd.DataFrame({k: np.asarray(v) for k, v in RATINGS.items()})
+  raw = rdata.unparser.unparse_data(
+      rdata.conversion.convert_python_to_r_data(frame), file_format="xdr")
+  chunk = struct.pack(">I", len(raw)) + zlib.compress(raw)
+  index = {"variables": {"movielens": np.array([0, len(chunk)], np.int32)},
+           "references": {}, "compressed": True}
+  raw_index = rdata.unparser.unparse_data(
+      rdata.conversion.convert_python_to_r_data(index), file_format="xdr")
+  (tmp_path / "Rdata.rdb").write_bytes(chunk)
+  (tmp_path / "Rdata.rdx").write_bytes(gzip.compress(raw_index))
+  r = data.movielens(tmp_path / "Rdata")
+  assert (r.num_users, r.num_items, len(r.user)) == (3, 7, 8)
+  np.testing.assert_array_equal(r.timestamp, RATINGS["timestamp"])
+  with pytest.raises(FileNotFoundError, match="r-cran-dslabs"):
+    data.movielens(tmp_path / "Nothing")
+
+
+def test_mnist1d_and_digits_generate_offline():
+  ds = data.mnist1d(num_samples=200, seed=1)
+  assert ds.x.shape == (160, 40) and ds.x_test.shape == (40, 40)
+  assert set(np.unique(ds.y)) <= set(range(10))
+  d = data.digits()
+  assert d.x.shape[1] == 64 and d.x.max() <= 1.0
+
+
+def test_generalization_cell_and_report(tmp_path):
+  task = generalization.make_task("digits", (16,), max_train=256)
+  specs = generalization.optimizer_specs(
+      ["adam", "lawn-adam"], lr_grid={"adam": [1e-2]}, free_grid=[0.5])
+  results = {"dataset": "digits", "metric": "accuracy", "seeds": [0, 1],
+             "cells": {n: [generalization.run_cell(task, specs[n], 64, 3,
+                                                   [0, 1])] for n in specs}}
+  cell = results["cells"]["lawn-adam"][0]
+  assert cell["steps"] == 3 * (256 // 64)
+  assert cell["selected"] == {"lr": 0.01, "free_frac": 0.5}
+  assert len(cell["test"]) == 2 and 0.0 <= cell["test_mean"] <= 1.0
+  assert len(cell["curves_selected"]["head_norm"]) == 3
+  # The head norm is frozen after the switch (epoch 2 of 3 at free_frac 0.5).
+  h = cell["curves_selected"]["head_norm"]
+  assert h[1] == pytest.approx(h[2], rel=1e-5)
+  table = generalization.markdown_table(results, "accuracy")
+  assert "| lawn-adam vs adam | 64 |" in table
+  pngs = generalization.plot(results, str(tmp_path / "g"))
+  assert all((tmp_path / p.split("/")[-1]).stat().st_size > 1000 for p in pngs)
+  json.dumps(results)  # serialisable
+
+
+def test_overhead_cell_smoke():
+  row = overhead.time_cell("mlp", 16, "adam", batch=8, repeats=2)
+  assert set(row["ratio"]) == set(overhead.VARIANTS)
+  assert row["ratio"]["base"]["update"] == 1.0
+  # Extra state is O(constrained tensors/units), never parameter-sized.
+  assert 0 < row["extra_state_bytes"]["lawn-tensor"] < 64
+  assert row["extra_state_bytes"]["lawn-unit"] < 4 * (16 + 16 + 16 + 10) + 64
