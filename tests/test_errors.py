@@ -1,5 +1,7 @@
 """Bad input gets a clear error naming the parameter path or hyper-parameter."""
 
+from pathlib import Path
+
 import jax.numpy as jnp
 import optax
 import pytest
@@ -76,6 +78,46 @@ BAD_INPUTS = [
     ("by_path that matches nothing",
      lambda: lo.masks.by_path(PARAMS, r".*/weight"), ValueError,
      r"selects no parameter"),
+    ("callable mask returning a wrong tree",
+     lambda: _lawn(mask=lambda p: {"Dense_0": True}).init(PARAMS),
+     ValueError, r"params leaf 'Dense_1/bias' has no entry"),
+    ("FixNorm with a zero-initialised classifier and no classifier_norm",
+     lambda: lo.fixnorm(optax.sgd(0.1), mask={**MASK, "Dense_1": False},
+                        classifier_mask={"Dense_0": False, "step": False,
+                                         "Dense_1": {"kernel": True,
+                                                     "bias": False}}).init(
+                            {**PARAMS, "Dense_1": {"kernel": jnp.zeros((4, 2)),
+                                                   "bias": jnp.ones(2)}}),
+     ValueError, r"classifier_mask weight 'Dense_1/kernel' has norm zero"),
+    ("FixNorm weight in both masks",
+     lambda: lo.fixnorm(optax.sgd(0.1), mask=MASK, classifier_mask=MASK,
+                        classifier_norm=1.0).init(PARAMS),
+     ValueError, r"in both mask and classifier_mask"),
+    ("WRS period of zero",
+     lambda: lo.weight_rescaling(optax.sgd(0.1), mask=MASK, period=0),
+     ValueError, r"period must be >= 1"),
+    ("unknown curvature estimator",
+     lambda: lo.scale_by_curvature_lr("newton"), ValueError,
+     r"estimator must be one of"),
+    ("Hutchinson estimator without obj_fn",
+     lambda: lo.scale_by_curvature_lr("hutchinson", mask=MASK).update(
+         PARAMS, lo.scale_by_curvature_lr("hutchinson", mask=MASK).init(
+             PARAMS), PARAMS),
+     ValueError, r"needs update\(\.\.\., obj_fn"),
+    ("small-loss fraction of 1",
+     lambda: lo.small_loss_weights(jnp.ones(4), 1.0), ValueError,
+     r"fraction must be in \[0, 1\)"),
+    ("batch-size schedule without update 0",
+     lambda: lo.batch_size_schedule({10: 2}), ValueError,
+     r"must say what happens from update 0"),
+    ("final_homogeneous on a non-homogeneous output",
+     lambda: lo.masks.final_homogeneous(
+         lambda p, x: jnp.tanh(x @ p["w"]), {"w": jnp.ones((2, 2))},
+         jnp.ones((1, 2))), ValueError, r"not positively homogeneous"),
+    ("final_homogeneous on a function of no params",
+     lambda: lo.masks.final_homogeneous(
+         lambda p, x: 2.0 * x, {"w": jnp.ones((2, 2))}, jnp.ones((1, 2))),
+     ValueError, r"does not depend on the params"),
 ]
 
 
@@ -90,3 +132,42 @@ def test_mask_mismatch_inside_update_names_path():
   tx = _lawn(mask=lambda p: {"Dense_0": True})
   with pytest.raises(ValueError, match=r"params leaf 'Dense_1/bias'"):
     tx.init(PARAMS)
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
+
+
+def observed(build):
+  try:
+    build()
+  except Exception as e:  # pylint: disable=broad-except
+    return type(e).__name__, str(e).splitlines()[0]
+  return None, None
+
+
+def doc_rows():
+  rows = {}
+  for line in DOC.read_text().splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) == 3 and cells[0] not in ("bad input", "---"):
+      rows[cells[0]] = (cells[1].strip("`"), cells[2].strip("`")
+                        .replace("\\|", "|"))
+  return rows
+
+
+def test_docs_table_lists_every_bad_input_with_its_error():
+  rows = doc_rows()
+  assert sorted(rows) == sorted(r[0] for r in BAD_INPUTS)
+  for name, build, exc, _ in BAD_INPUTS:
+    assert rows[name] == observed(build), name
+
+
+if __name__ == "__main__":  # regenerate docs/bad_inputs.md
+  lines = ["# Bad inputs and the errors they get", "",
+           "Every row is a test (`tests/test_errors.py`): the input is built, "
+           "the error is raised, and its first line must equal the one below.",
+           "", "| bad input | error | message |", "|---|---|---|"]
+  for name, build, _, _ in BAD_INPUTS:
+    exc, msg = observed(build)
+    lines.append(f"| {name} | `{exc}` | `{msg.replace('|', chr(92) + '|')}` |")
+  DOC.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,89 @@
+"""Save/restore a full train state with orbax across processes.
+
+usage: checkpoint_check.py DIR run|resume SAVE_STEP
+  run:    for every method, train TOTAL steps from scratch, checkpoint after
+          SAVE_STEP steps, write the final params and state to
+          DIR/final_run_METHOD.npz.
+  resume: (fresh process) restore each checkpoint, train to TOTAL, write
+          DIR/final_resume_METHOD.npz.
+"""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+import lawn_optax as lo
+
+TOTAL, FREE = 12, 5
+directory, mode, save_step = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+rng = np.random.default_rng(0)
+X = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
+Y = jnp.asarray(rng.integers(0, 3, size=32))
+params0 = {"Dense_0": {"kernel": jnp.asarray(rng.normal(size=(6, 8)),
+                                             jnp.float32),
+                       "bias": jnp.zeros(8, jnp.float32)},
+           "Dense_1": {"kernel": jnp.asarray(rng.normal(size=(8, 3)),
+                                             jnp.float32),
+                       "bias": jnp.zeros(3, jnp.float32)}}
+kmask = lo.masks.kernels(params0)
+TXS = {
+    "lawn": lambda: lo.lawn_adam(1e-2, free_steps=FREE, mask=kmask,
+                                 granularity="unit", tangent_projection=True),
+    "lawn_multisteps": lambda: optax.MultiSteps(
+        lo.lawn_sgd(0.1, free_steps=2, mask=kmask, momentum=0.9), 2),
+    "fixnorm": lambda: lo.fixnorm(optax.sgd(0.1, momentum=0.9), mask=kmask),
+    "wrs": lambda: lo.weight_rescaling(optax.adam(1e-2), mask=kmask, period=3),
+    "cblr": lambda: lo.cblr(0.1, estimator="secant", mask=kmask),
+    "inject": lambda: optax.inject_hyperparams(
+        lo.lawn_adam, static_args=("mask",))(learning_rate=1e-2,
+                                             free_steps=FREE, mask=kmask),
+}
+
+
+def loss(p, t):
+  idx = (jnp.arange(16) + 5 * t) % 32
+  h = jax.nn.relu(X[idx] @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+  logits = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, Y[idx]).mean()
+
+
+def check(method):
+  tx = TXS[method]()
+
+  @jax.jit
+  def step(params, state, t):
+    g = jax.grad(loss)(params, t)
+    u, state = tx.update(g, state, params)
+    return optax.apply_updates(params, u), state
+
+  ckpt = ocp.StandardCheckpointer()
+  path = f"{directory}/ckpt_{method}"
+  if mode == "run":
+    params, state, start = params0, tx.init(params0), 0
+  else:
+    abstract = {"params": params0, "opt_state": tx.init(params0),
+                "step": jnp.zeros([], jnp.int32)}
+    restored = ckpt.restore(path, jax.tree.map(
+        ocp.utils.to_shape_dtype_struct, abstract))
+    params, state = restored["params"], restored["opt_state"]
+    start = int(restored["step"])
+    assert start == save_step
+  for t in range(start, TOTAL):
+    if mode == "run" and t == save_step:
+      ckpt.save(path, {"params": params, "opt_state": state,
+                       "step": jnp.asarray(t, jnp.int32)})
+      ckpt.wait_until_finished()
+    params, state = step(params, state, jnp.asarray(t))
+  flat = {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path((params, state))}
+  np.savez(f"{directory}/final_{mode}_{method}.npz", **flat)
+
+
+for name in TXS:
+  check(name)
+print("OK", mode)
