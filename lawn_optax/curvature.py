@@ -31,6 +31,14 @@ class CurvatureLRState(NamedTuple):
     prev_grads: previous gradients (``"secant"`` only, else empty).
     prev_params: previous params (``"secant"`` only, else empty).
     key: PRNG key (``"hutchinson"`` only, else empty).
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.scale_by_curvature_lr("secant")
+    >>> p = {'w': jnp.ones(3)}
+    >>> _, s = tx.update({'w': jnp.ones(3)}, tx.init(p), p)
+    >>> int(s.count), bool(jnp.isnan(s.curvature['w']))  # no step yet to difference
+    (1, True)
   """
   count: chex.Array
   curvature: Any

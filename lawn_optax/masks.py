@@ -7,6 +7,12 @@ any pytree of arrays -- and returns a pytree of Python bools of the same
 ``optax.masked``. Paths are ``"/"``-joined keys such as
 ``"params/Dense_0/kernel"`` or ``"layers/0/kernel"``. A helper that would
 select nothing raises instead of returning an all-False mask.
+
+Example:
+  >>> import jax.numpy as jnp, lawn_optax as lo
+  >>> params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)}}
+  >>> lo.masks.kernels(params)
+  {'Dense_0': {'bias': False, 'kernel': True}}
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import jax
 import numpy as np
 
 from lawn_optax import _tree
+
+__all__ = ["by_path", "check_homogeneous", "describe", "final_homogeneous",
+           "kernels", "last_layers", "layers"]
 
 KERNEL = r"(.*/)?kernel"
 

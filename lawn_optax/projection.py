@@ -49,7 +49,14 @@ def leaf_norm(x: chex.Array, granularity: str = "tensor",
 
 
 def norms(tree: Any, granularity: str = "tensor", unit_axis: int = -1) -> Any:
-  """Float32 norms of every leaf of ``tree`` (see :func:`leaf_norm`)."""
+  """Float32 norms of every leaf of ``tree`` (see :func:`leaf_norm`).
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> n = lo.norms({'w': jnp.array([[3.0, 0.0], [4.0, 1.0]])}, 'unit')
+    >>> n['w'].tolist()
+    [[5.0, 1.0]]
+  """
   _tree.check_granularity(granularity)
   return jax.tree.map(lambda x: leaf_norm(x, granularity, unit_axis),
                       _tree.unwrap_variables(tree))
@@ -111,6 +118,13 @@ class NormConstraintState(NamedTuple):
     targets: the params' tree; float32 target norms on constrained leaves
       (shape ``[]`` per tensor, keepdims per unit), ``optax.MaskedNode``
       elsewhere. Captured targets are 0 until the capture step.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.constrain_norms({'w': True, 'b': False}, granularity='unit')
+    >>> state = tx.init({'w': jnp.ones((3, 2)), 'b': jnp.ones(2)})
+    >>> state.targets['w'].shape, type(state.targets['b']).__name__
+    ((1, 2), 'MaskedNode')
   """
   count: chex.Array
   targets: Any
@@ -212,7 +226,13 @@ def constrain_norms(
 
 
 class TangentProjectionState(NamedTuple):
-  """State of :func:`project_to_tangent`: ``count``, int32 ``[]``."""
+  """State of :func:`project_to_tangent`: ``count``, int32 ``[]``.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> lo.project_to_tangent(True).init({'w': jnp.ones(2)}).count.dtype
+    dtype('int32')
+  """
   count: chex.Array
 
 
