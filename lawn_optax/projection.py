@@ -96,10 +96,17 @@ def _active(count: chex.Array, start: Any, period: Any) -> chex.Array:
   return on & ((count - start) % jnp.asarray(period, jnp.int32) == 0)
 
 
-def _target_leaf(value: Any, leaf: Any, path: str, granularity: str,
-                 unit_axis: int) -> chex.Array:
-  shape = jax.eval_shape(lambda x: leaf_norm(x, granularity, unit_axis),
-                         leaf).shape
+def _norm_shape(leaf: Any, granularity: str, unit_axis: int) -> tuple:
+  return jax.eval_shape(lambda x: leaf_norm(x, granularity, unit_axis),
+                        leaf).shape
+
+
+def _initial_target(value: Any, leaf: Any, path: str, granularity: str,
+                    unit_axis: int) -> chex.Array:
+  """The state's target for one leaf: zeros to be captured, or ``value``."""
+  shape = _norm_shape(leaf, granularity, unit_axis)
+  if value is None:
+    return jnp.zeros(shape, jnp.float32)
   arr = jnp.asarray(value, jnp.float32)
   if not isinstance(arr, jax.core.Tracer) and bool(jnp.any(arr <= 0)):
     raise ValueError(f"target norm for '{path}' must be > 0, got {value!r}.")
@@ -189,15 +196,10 @@ def constrain_norms(
     sel = _tree.select(mask, params, granularity=granularity,
                        unit_axis=unit_axis)
     leaves = sel.flatten(params, "params")
-    if capture:
-      given = [None] * len(leaves)
-    else:
-      given = _tree.broadcast_prefix(target, params, what="target")
+    given = ([None] * len(leaves) if capture else
+             _tree.broadcast_prefix(target, params, what="target"))
     targets = sel.map(
-        lambda w, t, p: (jnp.zeros(jax.eval_shape(
-            lambda x: leaf_norm(x, granularity, unit_axis), w).shape,
-                                   jnp.float32) if t is None else
-                         _target_leaf(t, w, p, granularity, unit_axis)),
+        lambda w, t, path: _initial_target(t, w, path, granularity, unit_axis),
         leaves, given, sel.paths)
     return NormConstraintState(count=jnp.zeros([], jnp.int32),
                                targets=sel.unflatten(targets))
