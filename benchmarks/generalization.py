@@ -303,7 +303,8 @@ def plot(results: dict[str, Any], path_prefix: str) -> list[str]:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   names = list(results["cells"])
-  bases = [n for n in names if not n.startswith("lawn-")]
+  # One colour per base optimizer, whether or not its plain run is present.
+  bases = list(dict.fromkeys(n.removeprefix("lawn-") for n in names))
   fig, ax = plt.subplots(figsize=(6, 4))
   for i, n in enumerate(bases):
     for variant, style in ((n, "--"), (f"lawn-{n}", "-")):

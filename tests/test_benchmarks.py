@@ -120,6 +120,9 @@ def test_generalization_cell_and_report(tmp_path):
   assert "| lawn-adam vs adam | 64 |" in table
   pngs = generalization.plot(results, str(tmp_path / "g"))
   assert all((tmp_path / p.split("/")[-1]).stat().st_size > 1000 for p in pngs)
+  # LAWN-only runs (ablations without their base) plot too.
+  lawn_only = dict(results, cells={"lawn-adam": results["cells"]["lawn-adam"]})
+  assert len(generalization.plot(lawn_only, str(tmp_path / "h"))) == 2
   json.dumps(results)  # serialisable
 
 
