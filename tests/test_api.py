@@ -38,3 +38,18 @@ def test_readme_api_table_mentions_every_public_name():
   for name, _ in _public():
     short = name.split(".")[-1]
     assert f"{short}" in readme, name
+
+
+def test_readme_quickstart_runs():
+  import re
+  from pathlib import Path
+  import jax.numpy as jnp
+  readme = (Path(__file__).parents[1] / "README.md").read_text()
+  code = re.search(r"## Quickstart.*?```python\n(.*?)```", readme, re.S).group(1)
+  scope = {}
+  exec(compile(code, "README quickstart", "exec"), scope)  # noqa: S102
+  params, opt_state = scope["params"], scope["opt_state"]
+  x, y = jnp.ones((8, 40)), jnp.arange(8) % 10
+  for _ in range(3):
+    params, opt_state, loss = scope["train_step"](params, opt_state, x, y)
+  assert jnp.isfinite(loss)
