@@ -176,3 +176,49 @@ def test_batch_size_schedule_with_multisteps():
   assert [i for i, e in enumerate(emitted) if e] == [0, 1, 3, 5, 8, 11]
   with pytest.raises(ValueError, match="must say what happens from update 0"):
     lo.batch_size_schedule({1: 2})
+
+
+@pytest.mark.parametrize("name", ["cblr_secant", "cblr_hutchinson", "mclr",
+                                  "lars"])
+def test_curvature_methods_train_a_real_model(name):
+  from sklearn.datasets import load_digits
+  x, y = load_digits(return_X_y=True)
+  x, y = jnp.asarray(x / 16.0, jnp.float32), jnp.asarray(y)
+  rng = np.random.default_rng(0)
+  params = {"Dense_0": {"kernel": jnp.asarray(rng.normal(size=(64, 64)) / 8,
+                                              jnp.float32),
+                        "bias": jnp.zeros(64, jnp.float32)},
+            "Dense_1": {"kernel": jnp.asarray(rng.normal(size=(64, 10)) / 8,
+                                              jnp.float32),
+                        "bias": jnp.zeros(10, jnp.float32)}}
+
+  def loss(p, idx):
+    h = jax.nn.relu(x[idx] @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+    logits = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                           y[idx]).mean()
+
+  kernels = lo.masks.kernels(params)
+  tx = {"cblr_secant": lo.cblr(0.2, estimator="secant", mask=kernels,
+                               max_scale=10.0),
+        "cblr_hutchinson": lo.cblr(0.02, estimator="hutchinson", mask=kernels,
+                                   max_scale=10.0, hutchinson_every=5),
+        "mclr": lo.mclr(0.05, mask=kernels),
+        "lars": lo.lars(0.5, trust_coefficient=0.01, mask=kernels)}[name]
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state, i):
+    idx = jax.random.choice(jax.random.key(i), x.shape[0], (128,))
+    g = jax.grad(loss)(params, idx)
+    u, state = tx.update(g, state, params,
+                         obj_fn=lambda p: loss(p, idx))
+    return optax.apply_updates(params, u), state
+
+  for i in range(300):
+    params, state = step(params, state, i)
+  acc = float((jnp.argmax(jax.nn.relu(x @ params["Dense_0"]["kernel"] +
+                                       params["Dense_0"]["bias"]) @
+                          params["Dense_1"]["kernel"] +
+                          params["Dense_1"]["bias"], -1) == y).mean())
+  assert acc > 0.9, (name, acc)
