@@ -172,10 +172,8 @@ def scale_by_curvature_lr(
     key = state.key
     if estimator == "grad_weight_ratio":
       raw = sel.map(lambda gi, wi: _layer_estimate(gi, wi, reduction), g, w)
-      if weight_decay is not None:
-        # LARS: (||g|| + β||w||) / ||w|| = ||g||/||w|| + β.
-        raw = [r if _tree.is_masked_node(r) else r + weight_decay for r in raw]
-      curv = raw
+      # LARS: (||g|| + β||w||) / ||w|| = ||g||/||w|| + β.
+      curv = sel.map(lambda r: r + weight_decay, raw)
     elif secant:
       pg = sel.flatten(state.prev_grads)
       pw = sel.flatten(state.prev_params)
@@ -183,8 +181,7 @@ def scale_by_curvature_lr(
       raw = sel.map(lambda gi, pgi, wi, pwi: jnp.where(
           first, jnp.nan, _layer_estimate(gi - pgi, wi - pwi, reduction)),
                     g, pg, w, pw)
-      curv = [c if _tree.is_masked_node(c) else smooth(o, c)
-              for c, o in zip(raw, old)]
+      curv = sel.map(smooth, old, raw)
     else:
       if obj_fn is None:
         raise ValueError("estimator='hutchinson' needs update(..., "
@@ -206,19 +203,18 @@ def scale_by_curvature_lr(
 
       due = state.count % hutchinson_every == 0
       raw = jax.lax.cond(due, estimate, lambda: old)
-      curv = [c if _tree.is_masked_node(c) else jnp.where(due, smooth(o, c), o)
-              for c, o in zip(raw, old)]
+      curv = sel.map(lambda o, c: jnp.where(due, smooth(o, c), o), old, raw)
     eff = curv
     if relative_to == "median":
       vals = jnp.stack([c for c in curv if not _tree.is_masked_node(c)])
       med = jnp.nanmedian(jnp.where(vals > 0, vals, jnp.nan))
-      eff = [c if _tree.is_masked_node(c) else c / med for c in curv]
+      eff = sel.map(lambda c: c / med, curv)
 
     def scaled(gi, wi, ci):
       ok = jnp.isfinite(ci) & (ci > 0)
       s = jnp.where(ok, trust_coefficient / jnp.where(ok, ci, 1.0), 1.0)
       s = jnp.clip(s, min_scale, max_scale)
-      if estimator == "grad_weight_ratio" and weight_decay is not None:
+      if estimator == "grad_weight_ratio":
         gi = gi + weight_decay * wi
       return (gi * s).astype(gi.dtype)
 
@@ -226,9 +222,8 @@ def scale_by_curvature_lr(
              for f, gi, wi, ci in zip(sel.flags, g, w, eff)]
     new_state = CurvatureLRState(
         count=optax.safe_increment(state.count),
-        curvature=sel.unflatten([
-            c if _tree.is_masked_node(c) else c.astype(jnp.float32)
-            for c in curv]),
+        curvature=sel.unflatten(sel.map(lambda c: c.astype(jnp.float32),
+                                        curv)),
         prev_grads=updates if secant else (),
         prev_params=params if secant else (),
         key=key)
