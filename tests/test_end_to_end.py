@@ -102,3 +102,29 @@ def test_nnx_model_through_nnx_optimizer(digits):
                              at_freeze, rtol=1e-5)
   frozen = lo.frozen_norms(nnx.as_pure(optimizer.opt_state))
   np.testing.assert_allclose(frozen["out"]["kernel"][0], at_freeze, rtol=1e-6)
+
+
+def test_linen_train_state(digits):
+  from flax.training import train_state
+  (xtr, ytr), (xte, yte) = digits
+  model = LinenMLP()
+  params = model.init(jax.random.key(0), xtr[:1])["params"]
+  state = train_state.TrainState.create(
+      apply_fn=model.apply, params=params,
+      tx=lo.lawn_sgd(0.1, free_steps=20, mask=lo.masks.kernels, momentum=0.9))
+
+  @jax.jit
+  def step(state, i):
+    idx = jax.random.choice(jax.random.key(i), xtr.shape[0], (BATCH,))
+    g = jax.grad(lambda p: _xent(state.apply_fn({"params": p}, xtr[idx]),
+                                 ytr[idx]))(state.params)
+    return state.apply_gradients(grads=g)
+
+  for i in range(60):
+    state = step(state, i)
+  frozen = lo.frozen_norms(state.opt_state)
+  got = lo.weight_norms(state.params, lo.masks.kernels)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
+               got, frozen)
+  assert float((model.apply({"params": state.params}, xte).argmax(-1) ==
+                yte).mean()) > 0.85
