@@ -99,6 +99,18 @@ def classification_task(name: str, ds: data.Classification,
               (f"Dense_{len(hidden)}", "kernel"))
 
 
+def hit_rate_ndcg(scores: jax.Array, k: int = 10) -> tuple[jax.Array, jax.Array]:
+  """HR@k and NDCG@k when column 0 of ``scores`` is the held-out positive.
+
+  The positive's rank counts every candidate not scored strictly below it:
+  ties and NaNs count against the model, so a collapsed (constant) or
+  diverged model scores 0, not 1.
+  """
+  rank = jnp.sum(~(scores[:, 1:] < scores[:, :1]), axis=1)
+  hit = rank < k
+  return jnp.mean(hit), jnp.mean(jnp.where(hit, 1 / jnp.log2(rank + 2.0), 0.0))
+
+
 def recommender_task(split: data.LeaveOneOut, dim: int = 32) -> Task:
   """NCF on implicit feedback: each positive pairs with one fresh random
   negative per step; HR@10 and NDCG@10 against 99 sampled negatives."""
@@ -118,19 +130,14 @@ def recommender_task(split: data.LeaveOneOut, dim: int = 32) -> Task:
     labels = jnp.concatenate([jnp.ones_like(idx), jnp.zeros_like(idx)])
     return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
 
-  def ranks(params, cand):
-    u = jnp.broadcast_to(eval_users[:, None], cand.shape)
-    s = model.apply({"params": params}, u.ravel(), cand.ravel()).reshape(
-        cand.shape)
-    return jnp.sum(s[:, 1:] > s[:, :1], axis=1)
-
   def evaluate(params):
     out = {}
     for name, cand in (("val", val), ("test", test)):
-      r = ranks(params, cand)
-      out[f"{name}_hr10"] = jnp.mean(r < 10)
-      out[f"{name}_ndcg10"] = jnp.mean(jnp.where(r < 10,
-                                                 1 / jnp.log2(r + 2.0), 0.0))
+      u = jnp.broadcast_to(eval_users[:, None], cand.shape)
+      scores = model.apply({"params": params}, u.ravel(),
+                           cand.ravel()).reshape(cand.shape)
+      hr, ndcg = hit_rate_ndcg(scores, 10)
+      out[f"{name}_hr10"], out[f"{name}_ndcg10"] = hr, ndcg
     return out
 
   def diagnostics(params):

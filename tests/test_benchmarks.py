@@ -133,3 +133,16 @@ def test_overhead_cell_smoke():
   # Extra state is O(constrained tensors/units), never parameter-sized.
   assert 0 < row["extra_state_bytes"]["lawn-tensor"] < 64
   assert row["extra_state_bytes"]["lawn-unit"] < 4 * (16 + 16 + 16 + 10) + 64
+
+
+def test_hit_rate_ndcg_counts_ties_and_nans_as_misses():
+  import jax.numpy as jnp
+  scores = jnp.array([[0.9, 0.1, 0.2, 0.3],    # positive first: rank 0
+                      [0.2, 0.1, 0.3, 0.4],    # two above: rank 2
+                      [0.5, 0.5, 0.5, 0.5],    # all tied: rank 3
+                      [jnp.nan, 0.1, 0.2, 0.3]])  # diverged: rank 3
+  hr, ndcg = generalization.hit_rate_ndcg(scores, k=3)
+  assert float(hr) == pytest.approx(2 / 4)
+  assert float(ndcg) == pytest.approx((1.0 + 1 / np.log2(4)) / 4)
+  hr1, _ = generalization.hit_rate_ndcg(scores, k=1)
+  assert float(hr1) == pytest.approx(1 / 4)
