@@ -72,7 +72,7 @@ def test_matches_numpy_reference(opt, granularity, tangent):
     np.testing.assert_allclose(got[k], v, rtol=1e-5)
 
 
-def _mlp_setup(granularity="tensor"):
+def _mlp_setup():
   from sklearn.datasets import load_digits
   x, y = load_digits(return_X_y=True)
   x = jnp.asarray(x / 16.0, jnp.float32)
