@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from lawn_optax import _tree
+from lawn_optax.projection import leaf_norm, safe_div
 
 ESTIMATORS = ("grad_weight_ratio", "secant", "hutchinson")
 REDUCTIONS = ("norm", "median")
@@ -54,14 +55,10 @@ def _median(x):
 
 def _layer_estimate(num, den, reduction):
   """``||num|| / ||den||`` per layer, or the median of ``|num_i| / |den_i|``."""
-  num, den = num.astype(jnp.float32), den.astype(jnp.float32)
   if reduction == "norm":
-    d = jnp.sqrt(jnp.sum(den * den))
-    return jnp.where(d > 0, jnp.sqrt(jnp.sum(num * num)) /
-                     jnp.where(d > 0, d, 1.0), jnp.nan)
-  ratio = jnp.where(den != 0, jnp.abs(num) / jnp.where(den != 0, jnp.abs(den),
-                                                       1.0), jnp.nan)
-  return _median(ratio)
+    return safe_div(leaf_norm(num), leaf_norm(den), jnp.nan)
+  num, den = num.astype(jnp.float32), den.astype(jnp.float32)
+  return _median(safe_div(jnp.abs(num), jnp.abs(den), jnp.nan))
 
 
 def scale_by_curvature_lr(
@@ -211,8 +208,9 @@ def scale_by_curvature_lr(
       eff = sel.map(lambda c: c / med, curv)
 
     def scaled(gi, wi, ci):
-      ok = jnp.isfinite(ci) & (ci > 0)
-      s = jnp.where(ok, trust_coefficient / jnp.where(ok, ci, 1.0), 1.0)
+      # Zero, negative, NaN or infinite curvature: leave the layer's step alone.
+      s = safe_div(trust_coefficient, jnp.where(jnp.isfinite(ci), ci, 0.0),
+                   1.0)
       s = jnp.clip(s, min_scale, max_scale)
       if estimator == "grad_weight_ratio":
         gi = gi + weight_decay * wi

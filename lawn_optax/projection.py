@@ -29,6 +29,13 @@ def _reduce_axes(ndim: int, granularity: str, unit_axis: int):
   return tuple(a for a in range(ndim) if a != unit_axis % ndim)
 
 
+def safe_div(num: chex.Array, den: chex.Array, fallback: float) -> chex.Array:
+  """``num / den`` where ``den > 0``, else ``fallback`` (no NaN/Inf, and no
+  NaN gradient through the masked branch)."""
+  ok = den > 0
+  return jnp.where(ok, num / jnp.where(ok, den, 1.0), fallback)
+
+
 def sum_squares(x: chex.Array, granularity: str = "tensor",
                 unit_axis: int = -1) -> chex.Array:
   """Float32 sum of squares per tensor (shape ``()``) or per unit (keepdims)."""
@@ -84,7 +91,7 @@ def tangent(w: chex.Array, g: chex.Array, granularity: str = "tensor",
   axes = _reduce_axes(w.ndim, granularity, unit_axis)
   inner = jnp.sum(w32 * g32, axis=axes, keepdims=axes is not None)
   sq = sum_squares(w32, granularity, unit_axis)
-  coef = jnp.where(sq > 0, inner / jnp.where(sq > 0, sq, 1.0), 0.0)
+  coef = safe_div(inner, sq, 0.0)
   return (g32 - coef * w32).astype(g.dtype)
 
 

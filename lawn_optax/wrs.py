@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from lawn_optax import _tree
-from lawn_optax.projection import constrain_norms, leaf_norm
+from lawn_optax.projection import constrain_norms, leaf_norm, safe_div
 
 
 def weight_rescaling(
@@ -98,19 +98,24 @@ def rescale_batch_stats(batch_stats: Any, params_before: Any,
     >>> new['BatchNorm_0']['var'].tolist()
     [4.0, 4.0]
   """
-  def lookup(tree, path):
+  def table(tree):
     paths, leaves, _ = _tree.flatten_with_paths(tree)
-    table = dict(zip(paths, leaves))
-    if path not in table:
-      raise KeyError(f"'{path}' not found; paths: {paths[:8]}")
-    return table[path]
+    return dict(zip(paths, leaves))
 
+  before_t, after_t = table(params_before), table(params_after)
   factors = {}
   for kernel, bn in pairs.items():
-    before = leaf_norm(lookup(params_before, kernel), "unit", unit_axis)
-    after = leaf_norm(lookup(params_after, kernel), "unit", unit_axis)
-    factors[bn] = jnp.where(before > 0, after / jnp.where(before > 0, before,
-                                                          1.0), 1.0).ravel()
+    if kernel not in before_t or kernel not in after_t:
+      raise KeyError(f"kernel '{kernel}' not found in the params; paths: "
+                     f"{sorted(before_t)[:8]}")
+    before = leaf_norm(before_t[kernel], "unit", unit_axis)
+    after = leaf_norm(after_t[kernel], "unit", unit_axis)
+    factors[bn] = safe_div(after, before, 1.0).ravel()
+  stats_layers = {p.rpartition("/")[0] for p in table(batch_stats)}
+  missing = sorted(set(factors) - stats_layers)
+  if missing:
+    raise KeyError(f"batch_stats has no layer '{missing[0]}'; layers: "
+                   f"{sorted(stats_layers)[:8]}")
 
   def rescale(path, x):
     p = _tree.path_str(path)

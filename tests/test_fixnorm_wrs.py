@@ -158,6 +158,13 @@ def test_rescale_batch_stats_keeps_eval_outputs():
                        "batch_stats": v["batch_stats"]}, x)
   np.testing.assert_allclose(after, before, rtol=1e-3, atol=1e-3)
   assert not np.allclose(stale, before, rtol=1e-2, atol=1e-2)
+  # A pair naming a layer the statistics do not have is an error, not a no-op.
+  with pytest.raises(KeyError, match="batch_stats has no layer 'BatchNorm_9'"):
+    lo.rescale_batch_stats(v["batch_stats"], params, new_params,
+                           {"Conv_0/kernel": "BatchNorm_9"})
+  with pytest.raises(KeyError, match="kernel 'Conv_9/kernel' not found"):
+    lo.rescale_batch_stats(v["batch_stats"], params, new_params,
+                           {"Conv_9/kernel": "BatchNorm_0"})
 
 
 def _digits_images():
