@@ -76,3 +76,47 @@ class NCF(nn.Module):
     for f in self.tower:
       x = nn.relu(nn.Dense(f)(x))
     return nn.Dense(1)(x)[..., 0]
+
+
+def gpt(vocab: int, d: int, depth: int, heads: int, seq: int, *,
+        tied: bool = False, rngs=None):
+  """A pre-LN GPT decoder in ``flax.nnx`` (learned positions, causal
+  attention, GELU MLP, final LayerNorm, untied or tied head)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.norm1 = nnx.LayerNorm(d, rngs=rngs)
+      self.qkv = nnx.Linear(d, 3 * d, rngs=rngs)
+      self.proj = nnx.Linear(d, d, rngs=rngs)
+      self.norm2 = nnx.LayerNorm(d, rngs=rngs)
+      self.up = nnx.Linear(d, 4 * d, rngs=rngs)
+      self.down = nnx.Linear(4 * d, d, rngs=rngs)
+
+    def __call__(self, x):
+      b, t, _ = x.shape
+      q, k, v = jnp.split(self.qkv(self.norm1(x)), 3, -1)
+      heads_of = lambda z: z.reshape(b, t, heads, d // heads)
+      y = nnx.dot_product_attention(heads_of(q), heads_of(k), heads_of(v),
+                                    mask=nnx.make_causal_mask(x[..., 0]))
+      x = x + self.proj(y.reshape(b, t, d))
+      return x + self.down(nnx.gelu(self.up(self.norm2(x))))
+
+  class GPT(nnx.Module):
+    def __init__(self, rngs):
+      self.embed = nnx.Embed(vocab, d, rngs=rngs)
+      self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (seq, d)))
+      self.blocks = nnx.List([Block(rngs) for _ in range(depth)])
+      self.final_norm = nnx.LayerNorm(d, rngs=rngs)
+      self.head = None if tied else nnx.Linear(d, vocab, use_bias=False,
+                                               rngs=rngs)
+
+    def __call__(self, tokens):
+      x = self.embed(tokens) + self.pos[...][: tokens.shape[1]]
+      for block in self.blocks:
+        x = block(x)
+      x = self.final_norm(x)
+      return self.embed.attend(x) if self.head is None else self.head(x)
+
+  return GPT(rngs if rngs is not None else nnx.Rngs(0))

@@ -56,8 +56,22 @@ def key_str(key: Any) -> str:
 
 
 def path_str(path: Sequence[Any]) -> str:
-  """``(DictKey('Dense_0'), DictKey('kernel'))`` -> ``'Dense_0/kernel'``."""
-  return "/".join(key_str(k) for k in path)
+  """``(DictKey('Dense_0'), DictKey('kernel'))`` -> ``'Dense_0/kernel'``.
+
+  The joined string is for regexes and messages only: a key may itself
+  contain ``/`` (Haiku's ``'mlp/~/linear_0'``), so matching is done on
+  :func:`key_tuple`.
+  """
+  return join(key_tuple(path))
+
+
+def key_tuple(path: Sequence[Any]) -> tuple[str, ...]:
+  """``(DictKey('mlp/~/linear_0'), DictKey('w'))`` -> ``('mlp/~/linear_0', 'w')``."""
+  return tuple(key_str(k) for k in path)
+
+
+def join(keys: Sequence[str]) -> str:
+  return "/".join(keys)
 
 
 def natural_key(path: str) -> tuple:
@@ -69,12 +83,21 @@ def natural_key(path: str) -> tuple:
   )
 
 
-def flatten_with_paths(tree: Any) -> tuple[list[str], list[Any], Any]:
-  """Flattens ``tree`` (MaskedNode counted as a leaf) into paths, leaves, treedef."""
+def flatten_with_keys(tree: Any
+                      ) -> tuple[list[tuple[str, ...]], list[Any], Any]:
+  """Flattens ``tree`` (MaskedNode counted as a leaf) into key tuples,
+  leaves, treedef."""
   tree = unwrap_variables(tree)
   items, treedef = jax.tree_util.tree_flatten_with_path(
       tree, is_leaf=is_masked_node)
-  return [path_str(p) for p, _ in items], [x for _, x in items], treedef
+  return [key_tuple(p) for p, _ in items], [x for _, x in items], treedef
+
+
+def flatten_with_paths(tree: Any) -> tuple[list[str], list[Any], Any]:
+  """Flattens ``tree`` (MaskedNode counted as a leaf) into ``"a/b"`` paths,
+  leaves, treedef."""
+  keys, leaves, treedef = flatten_with_keys(tree)
+  return [join(k) for k in keys], leaves, treedef
 
 
 def _as_static_bool(value: Any, where: str) -> bool:
@@ -111,13 +134,13 @@ def broadcast_prefix(prefix: Any, params: Any, *, what: str = "mask",
   if callable(prefix):
     prefix = prefix(params)
   prefix = unwrap_variables(prefix)
-  p_paths, p_leaves, _ = flatten_with_paths(params)
+  p_keys, p_leaves, _ = flatten_with_keys(params)
   items, _ = jax.tree_util.tree_flatten_with_path(prefix)
-  entries = {tuple(key_str(k) for k in path): value for path, value in items}
+  entries = {key_tuple(path): value for path, value in items}
   used: set[tuple[str, ...]] = set()
   values = []
-  for p, leaf in zip(p_paths, p_leaves):
-    parts = tuple(p.split("/")) if p else ()
+  for parts, leaf in zip(p_keys, p_leaves):
+    p = join(parts)
     match = next((parts[:k] for k in range(len(parts) + 1)
                   if parts[:k] in entries), None)
     if match is None and is_masked_node(leaf):

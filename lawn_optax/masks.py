@@ -18,15 +18,17 @@ Example:
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lawn_optax import _tree
 
-__all__ = ["by_path", "check_homogeneous", "describe", "final_homogeneous",
-           "kernels", "last_layers", "layers"]
+__all__ = ["by_path", "check_homogeneous", "describe", "explain",
+           "final_homogeneous", "kernels", "last_layers", "layers"]
 
 KERNEL = r"(.*/)?kernel"
 
@@ -95,9 +97,9 @@ def layers(params: Any, include: str = KERNEL) -> list[str]:
     >>> lo.masks.layers(p)[-2:]
     ['Dense_9', 'Dense_10']
   """
-  paths, _, _ = _tree.flatten_with_paths(params)
+  keys, _, _ = _tree.flatten_with_keys(params)
   inc = re.compile(include)
-  owners = {p.rpartition("/")[0] for p in paths if inc.fullmatch(p)}
+  owners = {_tree.join(k[:-1]) for k in keys if inc.fullmatch(_tree.join(k))}
   return sorted(owners, key=_tree.natural_key)
 
 
@@ -127,10 +129,10 @@ def last_layers(params: Any, n: int, include: str = KERNEL) -> Any:
                      f"({len(order)}: {order}).")
   chosen = set(order[-n:])
   inc = re.compile(include)
-  paths, leaves, _ = _tree.flatten_with_paths(params)
+  keys, leaves, _ = _tree.flatten_with_keys(params)
   return _leaf_bools(params, [
-      bool(inc.fullmatch(p)) and p.rpartition("/")[0] in chosen
-      and not _tree.is_masked_node(x) for p, x in zip(paths, leaves)])
+      bool(inc.fullmatch(_tree.join(k))) and _tree.join(k[:-1]) in chosen
+      and not _tree.is_masked_node(x) for k, x in zip(keys, leaves)])
 
 
 def describe(mask: _tree.MaskOrFn, params: Any, *, print_fn=print) -> str:
@@ -169,100 +171,186 @@ def describe(mask: _tree.MaskOrFn, params: Any, *, print_fn=print) -> str:
 
 
 def _split_nnx(fn, params, args):
-  """(fn(params, *args), params, args) for an ``nnx.Module`` given as ``fn``."""
-  import sys
+  """(fn, params, args) for an ``nnx.Module`` given as ``fn``: the module's
+  other state (BatchNorm statistics, RNG keys) becomes an input, so that the
+  analysis sees it as abstract like any other input."""
   nnx = sys.modules.get("flax.nnx")
   if nnx is None or not isinstance(fn, nnx.Module):
     return fn, params, args
   graphdef, state, rest = nnx.split(fn, nnx.Param, ...)
-  rest = nnx.as_pure(rest)  # fresh Variables per call: BatchNorm may mutate
-  call = lambda p, *a, **k: nnx.merge(graphdef, p, rest)(*a, **k)
-  return call, nnx.as_pure(state), ((params,) + args if params is not None
-                                    else args)
+  call = lambda p, r, *a, **k: nnx.merge(graphdef, p, r)(*a, **k)
+  inputs = (params,) + args if params is not None else args
+  return call, nnx.as_pure(state), (nnx.as_pure(rest),) + inputs
+
+
+def _analyse(fn, params, args, kwargs, biases, include_embeddings,
+             include_scales):
+  from lawn_optax import _homogeneous  # pylint: disable=g-import-not-at-top
+  fn, params, args = _split_nnx(fn, params, args)
+  return _homogeneous.analyse(fn, params, args, kwargs, biases=biases,
+                              include_embeddings=include_embeddings,
+                              include_scales=include_scales)
 
 
 def final_homogeneous(fn: Any, params: Any = None, *example_args: Any,
-                      biases: str = "strict", include_embeddings: bool = False,
-                      include_scales: bool = False,
+                      biases: str = "strict", include_embeddings: bool = True,
+                      include_scales: bool = True,
                       **example_kwargs: Any) -> Any:
   """Mask of the final homogeneous sub-network, found by tracing ``fn``.
 
   ``fn(params, *example_args, **example_kwargs)`` must return the logits. It is
-  traced once to a jaxpr; parameter leaves are ordered by where the network
-  first uses them, and the longest suffix S (from the output backwards) is
-  returned such that scaling every leaf of S by the same ``c > 0`` scales the
-  output by ``c**k`` with ``k >= 1``. Dense/conv, ReLU/leaky ReLU/max, max and
-  average pooling, reshapes, concatenation, sums of equal degree and
-  multiplication by constants keep homogeneity; normalisations (their
-  epsilon, or the mean subtracted in eval mode), non-homogeneous activations
-  (tanh, GELU, ...) and terms of mixed degree break it. Any earlier leaf whose
-  joint scaling keeps the output homogeneous is then added (e.g. the layer
-  feeding a skip connection whose branch is not scaled), so no single further
-  leaf can join the result. Computations that do not reach the output (a
-  BatchNorm's running-statistics update) are ignored.
+  traced once to a jaxpr with every array -- parameters, example inputs --
+  abstract (only shapes and dtypes matter: ``jax.ShapeDtypeStruct`` params
+  work, nothing is allocated; zeros, ones or real data give the same mask).
+  The result is a set S of float parameter leaves such that scaling every leaf
+  of S by the same ``c > 0`` scales the output by ``c**k``, ``k >= 1``, and
+  every leaf of S scales the output.
 
-  Biases: with ``biases="strict"`` (default) the analysis is exact for the
-  given params. A bias added after a scaled kernel has degree 1 while the
-  kernel's output has degree ``>= 1`` more than its input, so only the bias of
-  the *first* layer of the suffix can join it; any deeper bias mixes degrees
-  and cuts the suffix there (for an MLP with biases: the last layer, kernel
-  and bias). With ``biases="ignore"`` the network is analysed with every bias
-  at zero (leaves named ``bias`` or only ever added): the result is the
-  suffix of the bias-free network and holds no bias (for an MLP with biases:
-  all its kernels), which is what LAWN practice constrains.
+  How (details in ``lawn_optax._homogeneous``): the degree of every traced
+  value is a linear form in one 0/1 variable per leaf. Dense/conv/mul add
+  degrees; ReLU/leaky ReLU/max/min with literal zeros, pooling, reshapes,
+  slicing/gather/scatter/concat/split/pad, sort/top_k/argmax/cumsum,
+  ``cond``/``while``/``scan`` (a scanned layer stack is one leaf),
+  ``jit``/remat/custom_jvp/custom_vjp, ``shard_map`` and named-axis
+  collectives keep them; sums, maxima, selects and concatenations need equal
+  degrees; nonlinear functions (tanh, GELU, exp, softmax), integer casts and
+  the epsilon of a normalisation need unscaled inputs. Only literals of the
+  program count as exact zeros; closed-over arrays and non-parameter state
+  (BatchNorm statistics, in train or eval mode) are abstract. Primitives on
+  paths that no parameter reaches, or that do not reach the output, are
+  ignored. Among the sets meeting every constraint, the search keeps leaves
+  in output order: from the leaf used nearest the output backwards, each
+  joins when the constraints can still be met; the result is maximal (no
+  excluded leaf can join it). :func:`explain` shows why each leaf is in or
+  out.
 
-  Embedding tables (leaves read by ``gather``) and elementwise scales (e.g. a
-  LayerNorm/BatchNorm ``scale``) are held fixed unless ``include_embeddings``
-  / ``include_scales``; a free norm scale right before the head can still grow
-  the logits, so include it if that matters. Given an ``nnx.Module`` as ``fn``
-  the call is ``final_homogeneous(model, *example_args)`` and the mask follows
-  ``nnx.state(model, nnx.Param)`` (usable with ``nnx.Optimizer``).
+  Biases: with ``biases="strict"`` (default) biases are analysed like any
+  other leaf. A bias added after a scaled kernel must scale like the kernel's
+  output, so in an MLP with biases only the head keeps its bias with it (the
+  result: the last layer, kernel and bias). ``biases="ignore"`` analyses the
+  network with every bias at zero (leaves named ``bias``, or vectors only ever
+  added to activations): the result holds no bias (for an MLP: all its
+  kernels), which is what LAWN practice constrains.
+
+  Norm scales (a LayerNorm/RMSNorm/BatchNorm ``scale`` after the last
+  normalisation) and embedding tables that can join are in by default: a
+  free scale before the head would otherwise grow the logits without bound.
+  ``include_scales=False`` / ``include_embeddings=False`` leave them out.
+  Given an ``nnx.Module`` as ``fn`` the call is
+  ``final_homogeneous(model, *example_args)``; the mask follows
+  ``nnx.state(model, nnx.Param)`` (usable with ``nnx.Optimizer``), and the
+  module's other state is abstract too.
+
+  Speed: a 12-layer, d=768 GPT-2-sized model (nnx, abstract, 163M parameters
+  with its untied head, 149 leaves) is traced and analysed in 0.3 s on this
+  project's 2-core CPU (``python -m benchmarks.mask_analysis``).
 
   Args:
     fn: ``(params, *args, **kwargs) -> logits``, or an ``nnx.Module``.
-    params: the params pytree (for an nnx module: the first example input).
-    *example_args: example inputs (shapes and dtypes are what matter).
+    params: the params pytree, arrays or ``jax.ShapeDtypeStruct`` (for an nnx
+      module: the first example input).
+    *example_args: example inputs (shapes and dtypes are what matter; Python
+      scalars and flags are passed as they are).
     biases: ``"strict"`` or ``"ignore"`` (see above).
-    include_embeddings: let embedding tables join the suffix.
-    include_scales: let elementwise scale parameters join the suffix.
+    include_embeddings: let embedding tables join the set.
+    include_scales: let elementwise scale parameters join the set.
     **example_kwargs: keyword inputs of ``fn``.
 
   Returns:
     A pytree of bools with the params' structure.
 
   Raises:
-    ValueError: if the output does not depend on the params, if no suffix is
-      homogeneous (naming the primitive that breaks the last layer), or if an
-      unsupported primitive lies on the path (naming it and the parameter).
+    ValueError: if the output does not depend on the params, if no leaf can be
+      in the set (naming the leaf used nearest the output and the primitive
+      that excludes it), or if a primitive without a homogeneity rule is all
+      that keeps a leaf out (naming it, where it was traced, and the
+      workaround: an explicit mask).
 
   Example:
     >>> import jax, jax.numpy as jnp, flax.linen as nn, lawn_optax as lo
     >>> class Net(nn.Module):
     ...   @nn.compact
     ...   def __call__(self, x):
-    ...     x = nn.LayerNorm()(nn.Dense(8)(x))
+    ...     x = nn.LayerNorm(use_scale=False)(nn.Dense(8)(x))
     ...     x = nn.relu(nn.Dense(8, use_bias=False)(x))
     ...     return nn.Dense(3, use_bias=False)(x)
     >>> net = Net()
     >>> params = net.init(jax.random.key(0), jnp.ones((1, 4)))['params']
     >>> mask = lo.masks.final_homogeneous(
-    ...     lambda p, x: net.apply({'params': p}, x), params, jnp.ones((1, 4)))
+    ...     lambda p, x: net.apply({'params': p}, x), params, jnp.zeros((1, 4)))
     >>> _ = lo.masks.describe(mask, params)
-    selected 2 of 6 leaves, 88 of 144 parameters (61.1%)
+    selected 2 of 5 leaves, 88 of 136 parameters (64.7%)
       Dense_1/kernel  (8, 8)  64
       Dense_2/kernel  (8, 3)  24
   """
-  from lawn_optax import _homogeneous
-  fn, params, args = _split_nnx(fn, params, example_args)
-  flags, _, _, treedef, _ = _homogeneous.analyse(
-      fn, params, args, example_kwargs, biases=biases,
-      include_embeddings=include_embeddings, include_scales=include_scales)
-  return jax.tree.unflatten(treedef, flags)
+  result = _analyse(fn, params, example_args, example_kwargs, biases,
+                    include_embeddings, include_scales)
+  if result.blocked:
+    path, c = result.blocked[0]
+    raise ValueError(
+        f"unsupported primitive {c.where} on the path from parameter "
+        f"'{path}' to the output: its effect on scaling is unknown, and it "
+        "alone decides whether that parameter joins. Pass an explicit mask "
+        "(lawn_optax.masks.by_path), or see masks.explain for every leaf.")
+  if result.error:
+    raise ValueError(result.error)
+  return jax.tree.unflatten(result.treedef, result.flags)
+
+
+def explain(fn: Any, params: Any = None, *example_args: Any,
+            biases: str = "strict", include_embeddings: bool = True,
+            include_scales: bool = True, print_fn: Any = print,
+            **example_kwargs: Any) -> str:
+  """Per leaf: in or out of :func:`final_homogeneous`'s set, and why.
+
+  Takes the same arguments as :func:`final_homogeneous` and never raises for
+  a missing set: a leaf that is out names the primitive (and the source line
+  where it was traced) that keeps it out, so a user can see what still grows
+  the logits.
+
+  Args:
+    fn, params, example_args, example_kwargs, biases, include_embeddings,
+      include_scales: as for :func:`final_homogeneous`.
+    print_fn: where the report goes (``None`` to only return it).
+
+  Returns:
+    The report: one line per leaf, ``in``/``out``, path, shape, reason.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> f = lambda p, x: jnp.tanh(x @ p['w1']) @ p['w2'] * p['t']
+    >>> p = {'w1': jnp.ones((4, 3)), 'w2': jnp.ones((3, 2)), 't': jnp.ones(())}
+    >>> _ = lo.masks.explain(f, p, jnp.ones((1, 4)))  # doctest: +ELLIPSIS
+    final homogeneous set: 2 of 3 leaves, degree 2
+      in   t   ()      degree 1
+      in   w2  (3, 2)  degree 1
+      out  w1  (4, 3)  'tanh' at <doctest ...>:1 needs an unscaled input (not homogeneous)
+  """
+  result = _analyse(fn, params, example_args, example_kwargs, biases,
+                    include_embeddings, include_scales)
+  n_in = sum(result.flags)
+  head = (f"final homogeneous set: {n_in} of {len(result.flags)} leaves, "
+          f"degree {result.degree}" if result.error is None else
+          result.error)
+  rows = sorted(zip(result.flags, result.paths, result.shapes, result.reasons),
+                key=lambda r: (not r[0], _tree.natural_key(r[1])))
+  w_path = max((len(r[1]) for r in rows), default=0)
+  w_shape = max((len(str(r[2])) for r in rows), default=0)
+  lines = [head] + [
+      f"  {'in ' if f else 'out'}  {p:<{w_path}}  {str(s):<{w_shape}}  {why}"
+      for f, p, s, why in rows]
+  text = "\n".join(lines)
+  if print_fn is not None:
+    print_fn(text)
+  return text
+
+
+_RTOL = {2: 5e-2, 4: 1e-4, 8: 1e-9}  # by the float size in bytes
 
 
 def check_homogeneous(fn: Any, params: Any, mask: Any, *example_args: Any,
                       scales: tuple[float, ...] = (0.5, 2.0, 3.0),
-                      rtol: float = 1e-3, **example_kwargs: Any) -> int:
+                      rtol: float | None = None, **example_kwargs: Any) -> int:
   """Numerically verifies ``fn(c * theta_S) == c**k fn(theta_S)``; returns k.
 
   The leaves selected by ``mask`` are scaled jointly by each ``c`` in
@@ -276,7 +364,9 @@ def check_homogeneous(fn: Any, params: Any, mask: Any, *example_args: Any,
     mask: a mask for ``params`` (for an nnx module: the first input).
     *example_args: inputs.
     scales: the factors tried.
-    rtol: tolerance, relative to the largest output magnitude.
+    rtol: tolerance, relative to the largest output magnitude. Default: by
+      the least precise float dtype among the output and the scaled leaves
+      (16-bit: 5e-2, 32-bit: 1e-4, 64-bit: 1e-9).
     **example_kwargs: keyword inputs of ``fn``.
 
   Returns:
@@ -294,8 +384,7 @@ def check_homogeneous(fn: Any, params: Any, mask: Any, *example_args: Any,
     ...                            jnp.ones((4, 2)))
     1
   """
-  from lawn_optax import _homogeneous
-  import sys
+  from lawn_optax import _homogeneous  # pylint: disable=g-import-not-at-top
   nnx = sys.modules.get("flax.nnx")
   if nnx is not None and isinstance(fn, nnx.Module):
     params, mask = mask, params  # called as (model, mask, *inputs)
@@ -303,10 +392,18 @@ def check_homogeneous(fn: Any, params: Any, mask: Any, *example_args: Any,
   flags = _tree.broadcast_mask(mask, params)
   if not any(flags):
     raise ValueError("mask selects no parameter leaf.")
+  outputs = lambda p: [x for x in jax.tree.leaves(fn(p, *args,
+                                                     **example_kwargs))
+                       if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
   call = lambda p: np.concatenate([np.asarray(x, np.float64).ravel()
-                                   for x in jax.tree.leaves(
-                                       fn(p, *args, **example_kwargs))])
-  base = call(_tree.unwrap_variables(params))
+                                   for x in outputs(p)])
+  params = _tree.unwrap_variables(params)
+  if rtol is None:
+    scaled = [x for x, f in zip(jax.tree.leaves(params), flags) if f]
+    sizes = [jnp.dtype(x.dtype).itemsize for x in scaled + outputs(params)
+             if jnp.issubdtype(x.dtype, jnp.inexact)]
+    rtol = _RTOL.get(min(sizes, default=4), 1e-4)
+  base = call(params)
   size = float(np.max(np.abs(base))) if base.size else 0.0
   if size == 0.0 or not np.isfinite(size):
     raise ValueError(f"fn's output is {'zero' if size == 0 else 'not finite'}"

@@ -113,7 +113,20 @@ BAD_INPUTS = [
     ("final_homogeneous on a non-homogeneous output",
      lambda: lo.masks.final_homogeneous(
          lambda p, x: jnp.tanh(x @ p["w"]), {"w": jnp.ones((2, 2))},
-         jnp.ones((1, 2))), ValueError, r"not positively homogeneous"),
+         jnp.ones((1, 2))), ValueError, r"no homogeneous set: 'w'.*'tanh'"),
+    ("final_homogeneous blocked by a primitive without a rule",
+     lambda: lo.masks.final_homogeneous(
+         lambda p, x: jnp.fft.fft(x @ p["w"]).real @ p["v"],
+         {"w": jnp.ones((2, 2)), "v": jnp.ones((2, 1))}, jnp.ones((1, 2))),
+     ValueError, r"unsupported primitive 'fft' at .* parameter 'w'"),
+    ("final_homogeneous with an unknown biases mode",
+     lambda: lo.masks.final_homogeneous(
+         lambda p, x: x @ p["w"], {"w": jnp.ones((2, 2))}, jnp.ones((1, 2)),
+         biases="zero"), ValueError, r"biases must be 'strict' or 'ignore'"),
+    ("final_homogeneous on an integer output",
+     lambda: lo.masks.final_homogeneous(
+         lambda p, x: jnp.argmax(x @ p["w"], -1), {"w": jnp.ones((2, 2))},
+         jnp.ones((1, 2))), ValueError, r"no floating-point output"),
     ("final_homogeneous on a function of no params",
      lambda: lo.masks.final_homogeneous(
          lambda p, x: 2.0 * x, {"w": jnp.ones((2, 2))}, jnp.ones((1, 2))),
