@@ -21,10 +21,10 @@ and logit norms over training for the selected configurations).
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,6 @@ import optax
 
 import lawn_optax as lo
 from benchmarks import common, data, models
-
 
 # ----------------------------------------------------------------------------
 # Tasks: a model, its loss on a batch of training indices, its eval metrics.
@@ -277,7 +276,7 @@ def markdown_table(results: dict[str, Any], metric: str) -> str:
   names = list(results["cells"])
   batches = sorted({c["batch_size"] for n in names
                     for c in results["cells"][n]})
-  head = f"| optimizer | " + " | ".join(f"B={b}" for b in batches) + " |"
+  head = "| optimizer | " + " | ".join(f"B={b}" for b in batches) + " |"
   lines = [head, "|" + "---|" * (len(batches) + 1)]
   for n in names:
     by_b = {c["batch_size"]: c for c in results["cells"][n]}
@@ -335,7 +334,7 @@ def plot(results: dict[str, Any], path_prefix: str) -> list[str]:
 
   biggest = max(c["batch_size"] for n in names for c in results["cells"][n])
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-  for i, n in enumerate(names):
+  for n in names:
     cell = next((c for c in results["cells"][n] if c["batch_size"] == biggest),
                 None)
     if cell is None:

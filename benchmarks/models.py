@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -82,8 +82,8 @@ def gpt(vocab: int, d: int, depth: int, heads: int, seq: int, *,
         tied: bool = False, rngs=None):
   """A pre-LN GPT decoder in ``flax.nnx`` (learned positions, causal
   attention, GELU MLP, final LayerNorm, untied or tied head)."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
 
   class Block(nnx.Module):
     def __init__(self, rngs):

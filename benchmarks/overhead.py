@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp

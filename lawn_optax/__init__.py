@@ -30,7 +30,7 @@ from lawn_optax.projection import (
 )
 from lawn_optax.wrs import rescale_batch_stats, weight_rescaling
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "CurvatureLRState",

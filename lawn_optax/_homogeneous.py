@@ -77,7 +77,7 @@ _SAME = frozenset({
     "reduce_max", "reduce_min", "cumsum", "cummax", "cummin",
     "reduce_window_sum", "reduce_window_max", "reduce_window_min", "abs",
     "stop_gradient", "sharding_constraint", "dynamic_slice", "gather", "real",
-    "imag", "conj", "mesh_cast", "reshard", "split", "squeeze", "psum",
+    "imag", "conj", "mesh_cast", "reshard", "split", "psum",
     "pmean", "pmax", "pmin", "all_gather", "ppermute", "all_to_all",
     "psum_scatter", "reduce_scatter", "pbroadcast", "psum_invariant", "pvary",
     "optimization_barrier", "sort", "device_put", "tile", "broadcast_to",
@@ -455,7 +455,7 @@ class Interpreter:
     body = p["jaxpr"]
     consts, carry, xs = ins[:nc], list(ins[nc:nc + nk]), ins[nc + nk:]
     ys = None
-    for step in range(min(length, SCAN_UNROLL)):
+    for _step in range(min(length, SCAN_UNROLL)):
       out = self.run(body.jaxpr, consts + carry + xs,
                      [CONST] * len(body.consts))
       new, y = out[:nk], out[nk:]
@@ -667,7 +667,8 @@ def analyse(fn: Callable[..., Any], params: Any, args: tuple, kwargs: dict, *,
                   "scales with the others (tied by a sum or a max)")
   return Analysis([i in chosen for i in range(n)],
                   int(degree) if error is None else None, paths, keys,
-                  traced.treedef, shapes, reasons, coeff, blocked, error)
+                  traced.treedef, shapes, [r or "" for r in reasons], coeff,
+                  blocked, error)
 
 
 def _reason(c: Constraint, i: int, paths: Sequence[str]) -> str:

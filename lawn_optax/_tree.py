@@ -27,10 +27,83 @@ def is_masked_node(x: Any) -> bool:
   return isinstance(x, MaskedNode)
 
 
+def loaded_nnx() -> Any:
+  """``flax.nnx`` if the user already imported it, else None: the core never
+  imports flax itself (the one place nnx is detected)."""
+  return sys.modules.get("flax.nnx")
+
+
 def _is_nnx_variable(x: Any) -> bool:
-  # Only look for flax if the user already imported it: the core stays flax-free.
-  nnx = sys.modules.get("flax.nnx")
+  nnx = loaded_nnx()
   return nnx is not None and isinstance(x, nnx.Variable)
+
+
+def is_nnx_module(x: Any) -> bool:
+  nnx = loaded_nnx()
+  return nnx is not None and isinstance(x, nnx.Module)
+
+
+def is_params_placeholder(x: Any) -> bool:
+  """``optax.tree.map_params`` calls ``init`` with an empty placeholder tree
+  to find the copies of the params in a state (as ``optax.masked`` does, the
+  transforms then build their state without looking at the mask)."""
+  return type(x).__name__ == "_ParamsPlaceholder" and not jax.tree.leaves(x)
+
+
+def is_nnx_filter(mask: Any) -> bool:
+  """Whether ``mask`` is a Flax nnx filter (``nnx.PathContains(...)``,
+  ``nnx.All/Any/Not(...)``, a Variable type such as ``nnx.Param``, a tag
+  string, ``...``)."""
+  nnx = loaded_nnx()
+  if nnx is None:
+    return isinstance(mask, str)
+  if isinstance(mask, (str, type(...))):
+    return True
+  if isinstance(mask, type):
+    return issubclass(mask, nnx.Variable)
+  module = type(mask).__module__ or ""
+  return module.startswith("flax.nnx") and callable(mask) and not isinstance(
+      mask, nnx.Module)
+
+
+def _raw_key(key: Any) -> Any:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return getattr(key, attr)
+  return key
+
+
+def nnx_filter_flags(mask: Any, params: Any) -> list[bool]:
+  """One bool per (unwrapped) leaf of ``params``: the nnx filter's verdict on
+  its path and Variable. A bare array (``nnx.Optimizer``'s ``update`` gets
+  them) counts as an ``nnx.Param``."""
+  nnx = loaded_nnx()
+  if nnx is None:
+    raise TypeError(f"mask {mask!r} is a Flax nnx filter, but flax.nnx is not "
+                    "imported.")
+  predicate = nnx.filterlib.to_predicate(mask)
+  items, _ = jax.tree_util.tree_flatten_with_path(
+      params, is_leaf=lambda x: _is_nnx_variable(x) or is_masked_node(x))
+  flags = []
+  for path, leaf in items:
+    if is_masked_node(leaf):
+      flags.append(False)
+      continue
+    variable = leaf if _is_nnx_variable(leaf) else nnx.Param(leaf)
+    flags.append(bool(predicate(tuple(_raw_key(k) for k in path), variable)))
+  return flags
+
+
+def check_not_a_step_count(params: Any, who: str) -> None:
+  """A mask helper called with a step count: optax.inject_hyperparams took it
+  for a schedule."""
+  if isinstance(params, (jax.Array, np.ndarray)) and np.ndim(params) == 0 and (
+      jnp.issubdtype(params.dtype, jnp.integer)):
+    raise TypeError(
+        f"{who} was called with a step count, not params: "
+        "optax.inject_hyperparams treats every callable argument as a "
+        "schedule. Pass static_args=('mask',) to optax.inject_hyperparams "
+        "(or give the mask as a pytree of bools).")
 
 
 def unwrap_variables(tree: Any) -> Any:
@@ -130,6 +203,10 @@ def broadcast_prefix(prefix: Any, params: Any, *, what: str = "mask",
     ValueError: naming the first params path without an entry in ``prefix``,
       or the first entry of ``prefix`` that matches no params path.
   """
+  if is_params_placeholder(params):
+    return []
+  if what.endswith("mask") and is_nnx_filter(prefix):
+    return nnx_filter_flags(prefix, params)
   params = unwrap_variables(params)
   if callable(prefix):
     prefix = prefix(params)
@@ -203,6 +280,8 @@ def select(mask: MaskOrFn, params: Any, *, granularity: str = "tensor",
   flags = broadcast_mask(mask, params, what)
   paths, leaves, treedef = flatten_with_paths(params)
   flags = [f and not is_masked_node(x) for f, x in zip(flags, leaves)]
+  if is_params_placeholder(params):
+    return Selection(treedef, paths, flags)
   if not any(flags):
     raise ValueError(
         f"{what} selects no parameter leaf: nothing would be constrained. "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -41,7 +40,7 @@ class CurvatureLRState(NamedTuple):
     >>> int(s.count), bool(jnp.isnan(s.curvature['w']))  # no step yet to difference
     (1, True)
   """
-  count: chex.Array
+  count: jax.Array  # type: ignore[assignment]
   curvature: Any
   prev_grads: Any
   prev_params: Any

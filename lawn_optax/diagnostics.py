@@ -46,7 +46,7 @@ def frozen_norms(opt_state: Any) -> Any:
   if not found:
     return None
   flat = [jax.tree.flatten(t, is_leaf=_tree.is_masked_node) for t in found]
-  if any(d != flat[0][1] for _, d in flat):
+  if any(d != flat[0][1] for _, d in flat):  # type: ignore[operator]
     return tuple(found)
   merged = [next((x for x in xs if not _tree.is_masked_node(x)), xs[0])
             for xs in zip(*(leaves for leaves, _ in flat))]

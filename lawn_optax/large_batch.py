@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 
-def small_loss_weights(losses: chex.Array, fraction: float) -> chex.Array:
+def small_loss_weights(losses: jax.Array, fraction: float) -> jax.Array:
   """0/1 weights that drop the ``fraction`` of samples with the smallest loss.
 
   ``floor(fraction * batch)`` samples are dropped; shapes stay static (a
@@ -40,7 +40,7 @@ def small_loss_weights(losses: chex.Array, fraction: float) -> chex.Array:
   return (rank >= drop).astype(jnp.float32)
 
 
-def small_loss_mean(losses: chex.Array, fraction: float) -> chex.Array:
+def small_loss_mean(losses: jax.Array, fraction: float) -> jax.Array:
   """Mean loss over the samples kept by :func:`small_loss_weights`.
 
   Example:
@@ -53,7 +53,7 @@ def small_loss_mean(losses: chex.Array, fraction: float) -> chex.Array:
 
 
 def batch_size_schedule(multipliers: Mapping[int, int]
-                        ) -> Callable[[chex.Array], chex.Array]:
+                        ) -> Callable[[jax.Array], jax.Array]:
   """Piecewise-constant gradient-accumulation schedule for ``optax.MultiSteps``.
 
   ``{0: 1, 100: 2, 300: 4}`` accumulates 1 mini-batch per update for the

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any
 
 import jax
@@ -60,6 +59,7 @@ def by_path(params: Any, include: str = KERNEL,
     >>> lo.masks.by_path(p, exclude=r'Dense_0/.*')
     {'Dense_0': {'bias': False, 'kernel': False}, 'Dense_1': {'bias': False, 'kernel': True}}
   """
+  _tree.check_not_a_step_count(params, "lawn_optax.masks.by_path")
   paths, leaves, _ = _tree.flatten_with_paths(params)
   inc, exc = re.compile(include), re.compile(exclude) if exclude else None
   flags = [bool(inc.fullmatch(p)) and not (exc and exc.fullmatch(p))
@@ -121,6 +121,7 @@ def last_layers(params: Any, n: int, include: str = KERNEL) -> Any:
     >>> [k for k, v in m.items() if v['kernel']]
     ['Dense_10', 'Dense_9']
   """
+  _tree.check_not_a_step_count(params, "lawn_optax.masks.last_layers")
   order = layers(params, include)
   if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
     raise TypeError(f"n must be an int, got {n!r}.")
@@ -174,9 +175,9 @@ def _split_nnx(fn, params, args):
   """(fn, params, args) for an ``nnx.Module`` given as ``fn``: the module's
   other state (BatchNorm statistics, RNG keys) becomes an input, so that the
   analysis sees it as abstract like any other input."""
-  nnx = sys.modules.get("flax.nnx")
-  if nnx is None or not isinstance(fn, nnx.Module):
+  if not _tree.is_nnx_module(fn):
     return fn, params, args
+  nnx = _tree.loaded_nnx()
   graphdef, state, rest = nnx.split(fn, nnx.Param, ...)
   call = lambda p, r, *a, **k: nnx.merge(graphdef, p, r)(*a, **k)
   inputs = (params,) + args if params is not None else args
@@ -309,8 +310,9 @@ def explain(fn: Any, params: Any = None, *example_args: Any,
   the logits.
 
   Args:
-    fn, params, example_args, example_kwargs, biases, include_embeddings,
-      include_scales: as for :func:`final_homogeneous`.
+    fn: as for :func:`final_homogeneous`; so are ``params``,
+      ``example_args``, ``biases``, ``include_embeddings``,
+      ``include_scales`` and ``example_kwargs``.
     print_fn: where the report goes (``None`` to only return it).
 
   Returns:
@@ -385,8 +387,7 @@ def check_homogeneous(fn: Any, params: Any, mask: Any, *example_args: Any,
     1
   """
   from lawn_optax import _homogeneous  # pylint: disable=g-import-not-at-top
-  nnx = sys.modules.get("flax.nnx")
-  if nnx is not None and isinstance(fn, nnx.Module):
+  if _tree.is_nnx_module(fn):
     params, mask = mask, params  # called as (model, mask, *inputs)
   fn, params, args = _split_nnx(fn, params, example_args)
   flags = _tree.broadcast_mask(mask, params)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -29,23 +28,23 @@ def _reduce_axes(ndim: int, granularity: str, unit_axis: int):
   return tuple(a for a in range(ndim) if a != unit_axis % ndim)
 
 
-def safe_div(num: chex.Array, den: chex.Array, fallback: float) -> chex.Array:
+def safe_div(num: jax.Array, den: jax.Array, fallback: float) -> jax.Array:
   """``num / den`` where ``den > 0``, else ``fallback`` (no NaN/Inf, and no
   NaN gradient through the masked branch)."""
   ok = den > 0
   return jnp.where(ok, num / jnp.where(ok, den, 1.0), fallback)
 
 
-def sum_squares(x: chex.Array, granularity: str = "tensor",
-                unit_axis: int = -1) -> chex.Array:
+def sum_squares(x: jax.Array, granularity: str = "tensor",
+                unit_axis: int = -1) -> jax.Array:
   """Float32 sum of squares per tensor (shape ``()``) or per unit (keepdims)."""
   x = x.astype(jnp.float32)
   axes = _reduce_axes(x.ndim, granularity, unit_axis)
   return jnp.sum(x * x, axis=axes, keepdims=axes is not None)
 
 
-def leaf_norm(x: chex.Array, granularity: str = "tensor",
-              unit_axis: int = -1) -> chex.Array:
+def leaf_norm(x: jax.Array, granularity: str = "tensor",
+              unit_axis: int = -1) -> jax.Array:
   """Float32 L2 norm of one array, per tensor or per output unit.
 
   Per unit, every axis but ``unit_axis`` is reduced, with ``keepdims`` so the
@@ -69,9 +68,9 @@ def norms(tree: Any, granularity: str = "tensor", unit_axis: int = -1) -> Any:
                       _tree.unwrap_variables(tree))
 
 
-def retract(w: chex.Array, u: chex.Array, target: chex.Array,
+def retract(w: jax.Array, u: jax.Array, target: jax.Array,
             granularity: str = "tensor", unit_axis: int = -1,
-            eps: float = DEFAULT_EPS) -> chex.Array:
+            eps: float = DEFAULT_EPS) -> jax.Array:
   """The update ``u'`` such that ``w + u'`` has norm ``target``.
 
   ``u' = target * (w + u) / max(||w + u||, eps) - w`` in float32, cast back to
@@ -84,8 +83,8 @@ def retract(w: chex.Array, u: chex.Array, target: chex.Array,
   return jnp.where(target > 0, new_u, u)
 
 
-def tangent(w: chex.Array, g: chex.Array, granularity: str = "tensor",
-            unit_axis: int = -1) -> chex.Array:
+def tangent(w: jax.Array, g: jax.Array, granularity: str = "tensor",
+            unit_axis: int = -1) -> jax.Array:
   """``g - (<g, w> / ||w||^2) w`` per tensor or unit; ``g`` where ``w == 0``."""
   w32, g32 = w.astype(jnp.float32), g.astype(jnp.float32)
   axes = _reduce_axes(w.ndim, granularity, unit_axis)
@@ -95,7 +94,7 @@ def tangent(w: chex.Array, g: chex.Array, granularity: str = "tensor",
   return (g32 - coef * w32).astype(g.dtype)
 
 
-def _active(count: chex.Array, start: Any, period: Any) -> chex.Array:
+def _active(count: jax.Array, start: Any, period: Any) -> jax.Array:
   start = jnp.asarray(start, jnp.int32)
   on = count >= start
   if isinstance(period, int) and period == 1:
@@ -109,7 +108,7 @@ def _norm_shape(leaf: Any, granularity: str, unit_axis: int) -> tuple:
 
 
 def _initial_target(value: Any, leaf: Any, path: str, granularity: str,
-                    unit_axis: int) -> chex.Array:
+                    unit_axis: int) -> jax.Array:
   """The state's target for one leaf: zeros to be captured, or ``value``."""
   shape = _norm_shape(leaf, granularity, unit_axis)
   if value is None:
@@ -140,7 +139,7 @@ class NormConstraintState(NamedTuple):
     >>> state.targets['w'].shape, type(state.targets['b']).__name__
     ((1, 2), 'MaskedNode')
   """
-  count: chex.Array
+  count: jax.Array  # type: ignore[assignment]  # optax-style field name
   targets: Any
 
 
@@ -242,7 +241,7 @@ class TangentProjectionState(NamedTuple):
     >>> lo.project_to_tangent(True).init({'w': jnp.ones(2)}).count.dtype
     dtype('int32')
   """
-  count: chex.Array
+  count: jax.Array  # type: ignore[assignment]
 
 
 def project_to_tangent(

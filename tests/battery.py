@@ -9,7 +9,8 @@ an invariant checked after every step of every trajectory.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -224,6 +225,34 @@ def check_low_precision(method, dtype=jnp.bfloat16, steps=10):
                               init_dtypes)
 
 
+def check_map_params(method):
+  """optax.tree.map_params (as optax's own battery calls it) finds the params
+  copies in the state without tripping over the mask."""
+  params = make_params()
+  tx = method.factory(learning_rate=method.learning_rate, mask=kernel_mask)
+  state = tx.init(params)
+  same = optax.tree.map_params(tx, lambda v: v, state)
+  chex.assert_trees_all_equal(same, state)
+  # A params-shaped map reaches the params copies only (secant's history).
+  marked = optax.tree.map_params(tx, lambda v: jnp.full_like(v, 7.0), state,
+                                 transform_non_params=lambda v: v)
+  assert jax.tree.structure(marked) == jax.tree.structure(state)
+
+
+def check_eager_matches_jit(method, steps=5):
+  """The same trajectory without jax.jit (tests parameterised over jit)."""
+  params = make_params()
+  tx = method.factory(learning_rate=method.learning_rate, mask=kernel_mask)
+  jitted, _ = run(tx, params, steps)
+  state, p = tx.init(params), params
+  for t in range(steps):
+    u, state = tx.update(grads_at(p, t), state, p)
+    new = optax.apply_updates(p, u)
+    method.invariant(p, new, state, t, 1e-5)
+    p = new
+  chex.assert_trees_all_close(p, jitted[-1], rtol=1e-5, atol=1e-6)
+
+
 CHECKS = {
     "no_retrace": check_no_retrace,
     "chain": check_chain,
@@ -232,4 +261,6 @@ CHECKS = {
     "inject_hyperparams": check_inject_hyperparams,
     "apply_if_finite": check_apply_if_finite,
     "bf16": check_low_precision,
+    "map_params": check_map_params,
+    "no_jit": check_eager_matches_jit,
 }

@@ -43,6 +43,7 @@ def test_readme_api_table_mentions_every_public_name():
 def test_readme_quickstart_runs():
   import re
   from pathlib import Path
+
   import jax.numpy as jnp
   readme = (Path(__file__).parents[1] / "README.md").read_text()
   code = re.search(r"## Quickstart.*?```python\n(.*?)```", readme, re.S).group(1)
@@ -53,3 +54,12 @@ def test_readme_quickstart_runs():
   for _ in range(3):
     params, opt_state, loss = scope["train_step"](params, opt_state, x, y)
   assert jnp.isfinite(loss)
+
+
+def test_docs_api_page_documents_every_public_name():
+  from pathlib import Path
+  api = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+  for name, obj in _public():
+    if inspect.ismodule(obj):
+      continue
+    assert f"lawn_optax.{name}\n" in api, name

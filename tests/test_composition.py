@@ -1,8 +1,6 @@
 """Every method through the shared composition battery (tests/battery.py)."""
 
 import chex
-import jax
-import jax.numpy as jnp
 import optax
 import pytest
 

@@ -169,7 +169,7 @@ def test_batch_size_schedule_with_multisteps():
   state = tx.init(params)
   step = jax.jit(tx.update)
   emitted = []
-  for t in range(1 + 1 + 2 + 2 + 3 + 3):
+  for _t in range(1 + 1 + 2 + 2 + 3 + 3):
     u, state = step({"w": jnp.ones(())}, state, params)
     emitted.append(bool(u["w"] != 0))
   # updates 0,1 after 1 mini-batch; 2,3 after 2; 4,5 after 3.

@@ -24,7 +24,7 @@ def scale_invariant_loss(params):
 def _trajectory(tx, params, steps=15):
   state = tx.init(params)
   out = []
-  for t in range(steps):
+  for _t in range(steps):
     g = jax.grad(scale_invariant_loss)(params)
     u, state = jax.jit(tx.update)(g, state, params)
     params = optax.apply_updates(params, u)

@@ -448,7 +448,8 @@ def test_unsupported_primitive_is_an_error_only_where_it_decides():
 
 
 def test_named_axis_collectives_shard_map():
-  from jax.sharding import Mesh, PartitionSpec as P
+  from jax.sharding import Mesh
+  from jax.sharding import PartitionSpec as P
   mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
 
   def fn(p, x):

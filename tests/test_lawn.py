@@ -137,7 +137,7 @@ def test_free_steps_zero_freezes_initial_norms():
   init_norms = lo.weight_norms(params, mask)
   tx = lo.lawn_sgd(0.5, free_steps=0, mask=mask, momentum=0.9)
   state = tx.init(params)
-  for i in range(5):
+  for _i in range(5):
     g = jax.grad(loss)(params, x[:256], y[:256])
     u, state = tx.update(g, state, params)
     params = optax.apply_updates(params, u)

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 from flax import linen as nn
@@ -117,3 +118,75 @@ def test_plain_dict_mask_for_frozen_dict_params():
 def test_last_layers_bounds(n):
   with pytest.raises(ValueError, match=f"n={n} must be between 1"):
     lo.masks.last_layers(_linen_params(), n)
+
+
+class FilterNet(nnx.Module):
+  def __init__(self, rngs):
+    self.l1 = nnx.Linear(3, 4, rngs=rngs)
+    self.bn = nnx.BatchNorm(4, rngs=rngs)
+    self.l2 = nnx.Linear(4, 2, rngs=rngs)
+
+  def __call__(self, x):
+    return self.l2(nnx.relu(self.bn(self.l1(x))))
+
+
+@pytest.mark.parametrize("nnx_filter,expected", [
+    (nnx.PathContains("kernel"), ["l1/kernel", "l2/kernel"]),
+    (nnx.All(nnx.Param, nnx.PathContains("kernel")), ["l1/kernel",
+                                                     "l2/kernel"]),
+    (nnx.Not(nnx.PathContains("bias")), ["bn/scale", "l1/kernel",
+                                         "l2/kernel"]),
+    (nnx.Any(nnx.PathContains("l2"), nnx.PathContains("scale")),
+     ["bn/scale", "l2/bias", "l2/kernel"]),
+    (nnx.Param, ["bn/bias", "bn/scale", "l1/bias", "l1/kernel", "l2/bias",
+                 "l2/kernel"]),
+])
+def test_nnx_filters_as_masks(nnx_filter, expected):
+  # nnx.PathContains raised "missing argument 'x'", nnx.Param "is Array".
+  model = FilterNet(nnx.Rngs(0))
+  opt = nnx.Optimizer(model, lo.lawn_adam(0.05, free_steps=1,
+                                          mask=nnx_filter), wrt=nnx.Param)
+  x = jax.random.normal(jax.random.key(0), (8, 3))
+
+  @nnx.jit
+  def step(model, opt):
+    opt.update(model, nnx.grad(lambda m: (m(x) ** 2).mean())(model))
+
+  for _ in range(4):
+    step(model, opt)
+  frozen = lo.frozen_norms(opt.opt_state)
+  paths, leaves, _ = lo._tree.flatten_with_paths(frozen)
+  assert sorted(p for p, v in zip(paths, leaves)
+                if not isinstance(v, optax.MaskedNode)) == expected
+  now = lo.weight_norms(nnx.state(model, nnx.Param), nnx_filter)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
+               now, frozen)
+
+
+def test_nnx_filter_on_a_plain_dict():
+  params = {"a": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+  tx = lo.lawn_sgd(0.1, free_steps=0, mask=nnx.PathContains("kernel"))
+  state = tx.init(params)
+  assert isinstance(lo.frozen_norms(state)["a"]["bias"], optax.MaskedNode)
+
+
+def test_inject_hyperparams_with_a_callable_mask():
+  params = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+  with pytest.raises(TypeError, match=r"static_args=\('mask',\)"):
+    optax.inject_hyperparams(lo.lawn_adam)(
+        learning_rate=0.1, free_steps=2, mask=lo.masks.kernels).init(params)
+  tx = optax.inject_hyperparams(lo.lawn_adam, static_args=("mask",))(
+      learning_rate=0.1, free_steps=2, mask=lo.masks.kernels)
+  tx.init(params)
+
+
+def test_float64_params():
+  with jax.enable_x64(True):
+    params = {"w": jnp.ones((3, 2), jnp.float64)}
+    tx = lo.lawn_sgd(0.1, free_steps=0, mask=True)
+    state = tx.init(params)
+    u, state = jax.jit(tx.update)({"w": jnp.ones((3, 2))}, state, params)
+    assert u["w"].dtype == jnp.float64
+    new = optax.apply_updates(params, u)
+    np.testing.assert_allclose(jnp.linalg.norm(new["w"]), jnp.sqrt(6.0),
+                               rtol=1e-6)

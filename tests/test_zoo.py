@@ -12,7 +12,6 @@ from flax import nnx
 
 import lawn_optax as lo
 from lawn_optax import _tree
-
 from tests import zoo
 
 
