@@ -18,7 +18,8 @@ def lawn(
     granularity: str = "tensor",
     tangent_projection: bool = False,
     unit_axis: int = -1,
-    eps: float = DEFAULT_EPS,
+    norm_eps: float = DEFAULT_EPS,
+    retraction: str = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stacks LAWN onto ``base_tx``: train freely, then freeze weight norms.
 
@@ -69,7 +70,10 @@ def lawn(
     tangent_projection: project gradients onto the tangent space of the norm
       sphere before ``base_tx`` (from ``free_steps`` on).
     unit_axis: output axis for ``granularity="unit"`` (last axis for Flax).
-    eps: floor of the norm divided by in the retraction.
+    norm_eps: floor of the norm divided by in the retraction (named apart
+      from an optimizer's ``eps``).
+    retraction: ``"exact"`` or ``"lazy"`` (one pass, norm from the previous
+      step; see :func:`lawn_optax.constrain_norms`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -96,7 +100,8 @@ def lawn(
   _tree.check_granularity(granularity)
   common = dict(start_step=free_steps, granularity=granularity,
                 unit_axis=unit_axis)
-  steps = [("base", base_tx), ("lawn", constrain_norms(mask, eps=eps, **common))]
+  steps = [("base", base_tx), ("lawn", constrain_norms(
+      mask, eps=norm_eps, retraction=retraction, **common))]
   if tangent_projection:
     steps.insert(0, ("tangent", project_to_tangent(mask, **common)))
   return optax.named_chain(*steps)
@@ -114,12 +119,15 @@ def lawn_adam(
     nesterov: bool = False,
     granularity: str = "tensor",
     tangent_projection: bool = False,
+    unit_axis: int = -1,
+    retraction: str = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   """LAWN on ``optax.adam`` (no weight decay).
 
   Args:
     learning_rate: a float or an optax schedule.
-    free_steps, mask, granularity, tangent_projection: see :func:`lawn`.
+    free_steps, mask, granularity, tangent_projection, unit_axis,
+      retraction: see :func:`lawn`.
     b1, b2, eps, eps_root, nesterov: as in ``optax.adam``.
 
   Returns:
@@ -138,7 +146,8 @@ def lawn_adam(
   base = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
                     nesterov=nesterov)
   return lawn(base, free_steps=free_steps, mask=mask, granularity=granularity,
-              tangent_projection=tangent_projection)
+              tangent_projection=tangent_projection, unit_axis=unit_axis,
+              retraction=retraction)
 
 
 def lawn_sgd(
@@ -150,12 +159,15 @@ def lawn_sgd(
     nesterov: bool = False,
     granularity: str = "tensor",
     tangent_projection: bool = False,
+    unit_axis: int = -1,
+    retraction: str = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   """LAWN on ``optax.sgd`` (heavy-ball or Nesterov momentum, no weight decay).
 
   Args:
     learning_rate: a float or an optax schedule.
-    free_steps, mask, granularity, tangent_projection: see :func:`lawn`.
+    free_steps, mask, granularity, tangent_projection, unit_axis,
+      retraction: see :func:`lawn`.
     momentum, nesterov: as in ``optax.sgd``.
 
   Returns:
@@ -174,7 +186,8 @@ def lawn_sgd(
   """
   base = optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
   return lawn(base, free_steps=free_steps, mask=mask, granularity=granularity,
-              tangent_projection=tangent_projection)
+              tangent_projection=tangent_projection, unit_axis=unit_axis,
+              retraction=retraction)
 
 
 def lawn_lamb(
@@ -188,12 +201,15 @@ def lawn_lamb(
     eps_root: float = 0.0,
     granularity: str = "tensor",
     tangent_projection: bool = False,
+    unit_axis: int = -1,
+    retraction: str = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   """LAWN on ``optax.lamb`` with its weight decay at 0 (LAWN replaces it).
 
   Args:
     learning_rate: a float or an optax schedule.
-    free_steps, mask, granularity, tangent_projection: see :func:`lawn`.
+    free_steps, mask, granularity, tangent_projection, unit_axis,
+      retraction: see :func:`lawn`.
     b1, b2, eps, eps_root: as in ``optax.lamb``.
 
   Returns:
@@ -210,4 +226,5 @@ def lawn_lamb(
   base = optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
                     weight_decay=0.0)
   return lawn(base, free_steps=free_steps, mask=mask, granularity=granularity,
-              tangent_projection=tangent_projection)
+              tangent_projection=tangent_projection, unit_axis=unit_axis,
+              retraction=retraction)

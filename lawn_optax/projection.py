@@ -3,8 +3,9 @@
 LAWN, FixNorm and WRS are all :func:`constrain_norms` with different settings
 (where the targets come from, from which step and how often it acts), plus the
 optional :func:`project_to_tangent` of the gradient. All norm arithmetic is in
-float32 whatever the parameter dtype, and every guard is branch-free
-(``jnp.where``), so one compiled step serves the whole run.
+float32 whatever the parameter dtype; the phase gate is one tree-level
+``lax.cond`` (only the taken branch runs) and the guards inside are
+branch-free, so one compiled step serves the whole run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lawn_optax import _tree
@@ -73,14 +75,24 @@ def retract(w: jax.Array, u: jax.Array, target: jax.Array,
             eps: float = DEFAULT_EPS) -> jax.Array:
   """The update ``u'`` such that ``w + u'`` has norm ``target``.
 
-  ``u' = target * (w + u) / max(||w + u||, eps) - w`` in float32, cast back to
-  ``u.dtype``. Where ``target`` is 0 the update is ``u`` unchanged (a weight
-  whose frozen norm is zero is left unconstrained rather than pinned at 0).
+  ``u' = k u + (k - 1) w`` with ``k = target / max(||w + u||, eps)`` in
+  float32, cast back to ``u.dtype`` (the same point as ``k (w + u) - w``,
+  written so that ``w + u`` is never materialised: one reduction over ``w``
+  and ``u``, then one elementwise pass). Where ``target`` is 0 the update is
+  ``u`` unchanged (a weight whose frozen norm is zero is left unconstrained
+  rather than pinned at 0).
   """
+  norm = jnp.sqrt(sum_squares_of_sum(w, u, granularity, unit_axis))
+  k = jnp.where(target > 0, target / jnp.maximum(norm, eps), 1.0)
+  return rescaled_update(w, u, k)
+
+
+def sum_squares_of_sum(w: jax.Array, u: jax.Array, granularity: str = "tensor",
+                       unit_axis: int = -1) -> jax.Array:
+  """Float32 ``||w + u||^2`` per tensor or unit, one fused reduction."""
+  axes = _reduce_axes(w.ndim, granularity, unit_axis)
   v = w.astype(jnp.float32) + u.astype(jnp.float32)
-  scale = target / jnp.maximum(leaf_norm(v, granularity, unit_axis), eps)
-  new_u = (v * scale - w.astype(jnp.float32)).astype(u.dtype)
-  return jnp.where(target > 0, new_u, u)
+  return jnp.sum(v * v, axis=axes, keepdims=axes is not None)
 
 
 def tangent(w: jax.Array, g: jax.Array, granularity: str = "tensor",
@@ -92,6 +104,13 @@ def tangent(w: jax.Array, g: jax.Array, granularity: str = "tensor",
   sq = sum_squares(w32, granularity, unit_axis)
   coef = safe_div(inner, sq, 0.0)
   return (g32 - coef * w32).astype(g.dtype)
+
+
+def rescaled_update(w: jax.Array, u: jax.Array, k: jax.Array) -> jax.Array:
+  """``k u + (k - 1) w`` in float32, cast to ``u.dtype``: the update that
+  moves ``w`` to ``k (w + u)`` (``u`` itself where ``k == 1``)."""
+  w32, u32 = w.astype(jnp.float32), u.astype(jnp.float32)
+  return (k * u32 + (k - 1.0) * w32).astype(u.dtype)
 
 
 def _active(count: jax.Array, start: Any, period: Any) -> jax.Array:
@@ -143,6 +162,24 @@ class NormConstraintState(NamedTuple):
   targets: Any
 
 
+RETRACTIONS = ("exact", "lazy")
+
+
+def _is_static_int(x: Any) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _gate(count: jax.Array, start_step: Any, period: Any, act: Any, skip: Any,
+          operands: Any) -> Any:
+  """``act(operands)`` on active steps, ``skip(operands)`` otherwise, as one
+  tree-level ``lax.cond`` (only the taken branch runs); no gate at all when
+  every step is active (static ``start_step=0``, ``period=1``)."""
+  if _is_static_int(start_step) and start_step == 0 and (
+      _is_static_int(period) and period == 1):
+    return act(operands)
+  return jax.lax.cond(_active(count, start_step, period), act, skip, operands)
+
+
 def constrain_norms(
     mask: _tree.MaskOrFn,
     *,
@@ -152,6 +189,7 @@ def constrain_norms(
     granularity: str = "tensor",
     unit_axis: int = -1,
     eps: float = DEFAULT_EPS,
+    retraction: str = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Retracts the masked weights onto spheres of fixed norm after each update.
 
@@ -161,11 +199,32 @@ def constrain_norms(
   .. math:: u' = c \frac{w + u}{\max(\|w + u\|, \epsilon)} - w
 
   on steps ``start_step, start_step + period, ...``; on every other step and on
-  unmasked leaves the update passes through bit-for-bit.
+  unmasked leaves the update passes through bit-for-bit. The gate is one
+  ``lax.cond`` over the whole tree, so inactive steps (LAWN's free phase,
+  WRS between periods) run the base update only; with a static
+  ``start_step=0`` and ``period=1`` there is no gate.
+
+  Cost (``retraction="exact"``): the norm ``||w + u||`` must be complete
+  before any weight is written, so the retraction is one fused reduction over
+  ``w`` and ``u`` followed by one elementwise pass ``u' = k u + (k-1) w``
+  (``w + u`` is never materialised; bf16 weights are read as bf16 and
+  accumulated in float32), which XLA fuses with ``optax.apply_updates`` when
+  both are jitted together: one extra read of ``w`` and ``u`` over the base
+  step (see ``python -m benchmarks.overhead`` for XLA's byte counts).
+
+  ``retraction="lazy"`` divides by the norm of the weight as it is, before
+  this step's update, instead of waiting for ``||w + u||``:
+  ``w_new = c (w + u) / ||w||``. The norm needs only ``w`` (a reduction over
+  the params, no temporary), and the rescale is one elementwise pass that
+  XLA fuses with the base update and ``apply_updates``. The new norm then
+  deviates from ``c`` by at most the relative size of one update,
+  ``| ||w_new|| - c | <= c ||u|| / ||w||``, and the next step corrects it:
+  errors do not accumulate. No extra state.
 
   Args:
-    mask: pytree of bools with the params' structure (or a prefix of it), or a
-      callable ``params -> mask``. True leaves are constrained.
+    mask: pytree of bools with the params' structure (or a prefix of it), a
+      callable ``params -> mask``, or a Flax nnx filter. True leaves are
+      constrained.
     target: ``None`` to freeze each masked norm at its value at ``start_step``
       (LAWN, FixNorm); otherwise a positive float, or a pytree (prefix of the
       mask) of floats / arrays broadcastable to the norms' shape (WRS, FixNorm
@@ -176,7 +235,9 @@ def constrain_norms(
     granularity: ``"tensor"`` (one Frobenius norm per leaf) or ``"unit"`` (one
       norm per slice along ``unit_axis``, the output axis of Flax kernels).
     unit_axis: the output axis for ``granularity="unit"``.
-    eps: floor of the norm divided by.
+    eps: floor of the norm divided by (the retraction's epsilon, unrelated to
+      an optimizer's ``eps``).
+    retraction: ``"exact"`` (default) or ``"lazy"`` (see above).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
@@ -196,7 +257,12 @@ def constrain_norms(
   _tree.check_granularity(granularity)
   _tree.check_step(start_step, "start_step")
   _tree.check_step(period, "period", minimum=1)
+  if retraction not in RETRACTIONS:
+    raise ValueError(f"retraction must be one of {RETRACTIONS}, got "
+                     f"{retraction!r}.")
+  lazy = retraction == "lazy"
   capture = target is None
+  norm_of = lambda x: leaf_norm(x, granularity, unit_axis)
 
   def init_fn(params):
     sel = _tree.select(mask, params, granularity=granularity,
@@ -214,20 +280,36 @@ def constrain_norms(
     del extra_args
     sel, w, u, u_def = _tree.select_update(
         mask, updates, params, granularity=granularity, unit_axis=unit_axis)
-    t = sel.flatten(state.targets, "state.targets")
+    idx = [i for i, f in enumerate(sel.flags) if f]
+    t_all = sel.flatten(state.targets, "state.targets")
+    ws, us = [w[i] for i in idx], [u[i] for i in idx]
     count = state.count
+    ts = [t_all[i] for i in idx]
     if capture:
-      t = jax.lax.cond(
-          count == jnp.asarray(start_step, jnp.int32),
-          lambda: sel.map(lambda x: leaf_norm(x, granularity, unit_axis), w),
-          lambda: t)
-    active = _active(count, start_step, period)
-    new_u = [
-        jnp.where(active, retract(wi, ui, ti, granularity, unit_axis, eps), ui)
-        if f else ui for f, wi, ui, ti in zip(sel.flags, w, u, t)
-    ]
+      ts = jax.lax.cond(count == jnp.asarray(start_step, jnp.int32),
+                        lambda: [norm_of(x) for x in ws], lambda: ts)
+    if lazy:
+      # The reductions read only the params (no temporary) and sit behind a
+      # gate with scalar outputs; the rescale (k = 1 when inactive) fuses
+      # with the base update and apply_updates.
+      ns = _gate(count, start_step, period,
+                 lambda ws: [norm_of(x) for x in ws],
+                 lambda ws: [jnp.ones_like(t) for t in ts], ws)
+      active = _active(count, start_step, period)
+      ks = [jnp.where(active & (t > 0), t / jnp.maximum(n, eps), 1.0)
+            for t, n in zip(ts, ns)]
+      new_us = [rescaled_update(wi, ui, k) for wi, ui, k in zip(ws, us, ks)]
+    else:
+      new_us = _gate(count, start_step, period,
+                     lambda us: [retract(wi, ui, ti, granularity, unit_axis,
+                                         eps)
+                                 for wi, ui, ti in zip(ws, us, ts)],
+                     lambda us: us, us)
+    new_u, new_t = list(u), list(t_all)
+    for j, i in enumerate(idx):
+      new_u[i], new_t[i] = new_us[j], ts[j]
     new_state = NormConstraintState(count=optax.safe_increment(count),
-                                    targets=sel.unflatten(t))
+                                    targets=sel.unflatten(new_t))
     return jax.tree.unflatten(u_def, new_u), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -289,11 +371,14 @@ def project_to_tangent(
     del extra_args
     sel, w, g, g_def = _tree.select_update(
         mask, updates, params, granularity=granularity, unit_axis=unit_axis)
-    active = _active(state.count, start_step, 1)
-    new_g = [
-        jnp.where(active, tangent(wi, gi, granularity, unit_axis), gi)
-        if f else gi for f, wi, gi in zip(sel.flags, w, g)
-    ]
+    idx = [i for i, f in enumerate(sel.flags) if f]
+    project = lambda gs: [tangent(w[i], gi, granularity, unit_axis)
+                          for i, gi in zip(idx, gs)]
+    gs = _gate(state.count, start_step, 1, project, lambda gs: gs,
+               [g[i] for i in idx])
+    new_g = list(g)
+    for i, gi in zip(idx, gs):
+      new_g[i] = gi
     return (jax.tree.unflatten(g_def, new_g),
             TangentProjectionState(count=optax.safe_increment(state.count)))
 

@@ -195,3 +195,52 @@ def test_traced_free_steps_under_inject_hyperparams():
     state.hyperparams["learning_rate"] = state.hyperparams["learning_rate"] * 2
     params, state = step(params, state)
   chex.assert_trees_all_close(lo.weight_norms(params, mask), frozen, rtol=1e-5)
+
+
+def test_lazy_retraction_deviation_is_bounded_by_one_update():
+  """retraction="lazy": | ||w_new|| - c | <= c ||u|| / ||w|| at every
+  constrained step (u: the base update), errors do not accumulate, and the
+  free phase is the base optimizer bit-for-bit."""
+  rng = np.random.default_rng(0)
+  params = {"k": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32),
+            "b": jnp.zeros(5)}
+  lr, free = 0.05, 3
+  tx = lo.lawn(optax.sgd(lr), free_steps=free, mask={"k": True, "b": False},
+               retraction="lazy")
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  errors = []
+  for t in range(60):
+    g = {"k": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32),
+         "b": jnp.ones(5)}
+    u, state = step(g, state, params)
+    if t < free:
+      np.testing.assert_array_equal(u["k"], -lr * g["k"])
+    new = optax.apply_updates(params, u)
+    if t >= free:
+      c = float(lo.frozen_norms(state)["k"])
+      w_norm = float(jnp.linalg.norm(params["k"]))
+      bound = c * lr * float(jnp.linalg.norm(g["k"])) / w_norm
+      err = abs(float(jnp.linalg.norm(new["k"])) - c)
+      assert err <= bound * (1 + 1e-5) + 1e-6, (t, err, bound)
+      errors.append(err / bound)
+    np.testing.assert_array_equal(u["b"], -lr * g["b"])
+    params = new
+  # The bound is attained in order of magnitude, and not exceeded later on.
+  assert max(errors) > 1e-3 and max(errors[-20:]) <= 1.0
+
+
+@pytest.mark.parametrize("retraction", ["exact", "lazy"])
+def test_retraction_modes_agree_to_first_order(retraction):
+  """Both modes keep the norm at c; the lazy one within the step size."""
+  params = {"k": jnp.ones((4, 3)) / 2.0}
+  tx = lo.lawn(optax.adam(1e-3), free_steps=0, mask=True,
+               retraction=retraction)
+  state = tx.init(params)
+  for t in range(20):
+    g = {"k": jnp.sin(jnp.arange(12.0) + t).reshape(4, 3)}
+    u, state = jax.jit(tx.update)(g, state, params)
+    params = optax.apply_updates(params, u)
+  c = float(lo.frozen_norms(state)["k"])
+  tol = 1e-6 if retraction == "exact" else 5e-3
+  assert abs(float(jnp.linalg.norm(params["k"])) - c) <= tol * c
