@@ -16,6 +16,10 @@ from typing import Any
 import jax
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Where a benchmark writes unless told otherwise: never over the committed
+# results (pass --out benchmarks/results to update those).
+DEFAULT_OUT = Path(os.environ.get("LAWN_OPTAX_RESULTS",
+                                  Path.home() / "lawn_optax_results"))
 
 
 def git_commit() -> str:
@@ -30,6 +34,24 @@ def git_commit() -> str:
     return "unknown"
 
 
+def _version(module: str) -> str | None:
+  from importlib import metadata
+  try:
+    return metadata.version(module)
+  except metadata.PackageNotFoundError:
+    return None
+
+
+def cpu_model() -> str:
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, Any]:
   """What a reader needs to reproduce or compare a run."""
   import jaxlib
@@ -42,7 +64,11 @@ def environment() -> dict[str, Any]:
       "jax": jax.__version__,
       "jaxlib": jaxlib.__version__,
       "optax": optax.__version__,
+      "flax": _version("flax"),
+      "numpy": _version("numpy"),
+      "mnist1d": _version("mnist1d"),
       "python": platform.python_version(),
+      "cpu_model": cpu_model(),
       "backend": jax.default_backend(),
       "device_kind": dev.device_kind,
       "device_count": jax.device_count(),

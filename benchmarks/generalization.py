@@ -410,7 +410,9 @@ def main(argv=None):
                  help=f"LAWN free fractions tried (default {FREE_GRID})")
   p.add_argument("--granularity", choices=["tensor", "unit"],
                  default="tensor", help="LAWN's norm granularity")
-  p.add_argument("--out", default=str(common.RESULTS))
+  p.add_argument("--out", default=str(common.DEFAULT_OUT),
+                 help="output folder (default ~/lawn_optax_results; "
+                      "benchmarks/results holds the committed runs)")
   p.add_argument("--tag", default="", help="suffix for output file names")
   args = p.parse_args(argv)
   cfg = dict(PRESETS["full" if args.full else "quick"])

@@ -1,23 +1,34 @@
-"""What LAWN costs per step: base optimizer vs its LAWN variants, jitted.
+"""What LAWN (and FixNorm, WRS, the tangent projection) cost per step, jitted.
 
-    python -m benchmarks.overhead            # --quick: CPU-sized models (~1M-25M params)
-    python -m benchmarks.overhead --full     # adds the 25M-param CNN (meant for a GPU)
+    python -m benchmarks.overhead            # CPU-sized cells (~1M-24M params)
+    python -m benchmarks.overhead --full     # adds a 25M-param CNN (for a GPU)
 
-For Adam, SGD-momentum and LAMB, and for an MLP and a ResNet-style CNN at
-several sizes, it times (a) the jitted optimizer update alone and (b) a full
-jitted train step (forward + backward + update + apply), for the base
-optimizer and for LAWN per tensor / per unit, with and without tangent
-projection, all in the constrained phase (``free_steps=0``: the costly one).
-Compile time is measured separately; after a warm-up, variants are timed
-interleaved (round-robin) and the median of the repeats is reported, with
-``block_until_ready``. It reports the ratio LAWN/base, the extra optimizer
-state in bytes, the jax version and device, to JSON and a printed table.
+For each model and base optimizer (Adam, SGD-momentum, LAMB) it compiles,
+with donated params and optimizer state, (a) ``update + apply_updates``
+and (b) a full train step (forward, backward, update, apply) for the base
+optimizer and every variant:
+
+  lawn-tensor / lawn-unit      exact retraction, constrained phase
+  lawn-lazy                    one-pass lazy retraction, constrained phase
+  lawn-tangent                 exact + tangent projection, constrained phase
+  lawn-free / lawn-lazy-free   the free phase (before ``free_steps``)
+  fixnorm / wrs / wrs-between  FixNorm; WRS on an active and an inactive step
+
+It records XLA's compiled ``bytes accessed`` (a figure that does not depend
+on machine noise; a ``lax.cond`` counts both branches, so gated variants
+over-count) and wall-clock times: variants interleaved round-robin after
+compilation and warm-up, ``block_until_ready``, every repeat kept; the JSON
+has each repeat, the median and the inter-quartile range, and ratios to the
+base measured in the same run. A ratio below 0.98 for strictly more work is
+flagged as noise. Results go to ``--out`` (default ``~/lawn_optax_results``;
+``benchmarks/results`` only when asked).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,50 +41,51 @@ from benchmarks import common, models
 BASES = {
     "adam": lambda: optax.adam(1e-3),
     "sgdm": lambda: optax.sgd(1e-2, momentum=0.9),
-    "lamb": lambda: optax.lamb(1e-3),
+    "lamb": lambda: optax.lamb(1e-3, weight_decay=0.0),
 }
-VARIANTS = {
-    "base": None,
-    "lawn-tensor": dict(granularity="tensor", tangent_projection=False),
-    "lawn-unit": dict(granularity="unit", tangent_projection=False),
-    "lawn-tensor-tangent": dict(granularity="tensor", tangent_projection=True),
-    "lawn-unit-tangent": dict(granularity="unit", tangent_projection=True),
-}
+NEVER = 10**9  # free_steps that are never reached: the free phase
 
 
-def mlp(width: int, depth: int = 3):
-  return models.MLP((width,) * depth, 10), (784,)
+def _variants(mask):
+  lawn = lambda base, **kw: lo.lawn(base, mask=mask, **kw)
+  return {
+      "base": lambda base: base,
+      "lawn-tensor": lambda base: lawn(base, free_steps=0),
+      "lawn-unit": lambda base: lawn(base, free_steps=0, granularity="unit"),
+      "lawn-lazy": lambda base: lawn(base, free_steps=0, retraction="lazy"),
+      "lawn-tangent": lambda base: lawn(base, free_steps=0,
+                                        tangent_projection=True),
+      "lawn-free": lambda base: lawn(base, free_steps=NEVER),
+      "lawn-lazy-free": lambda base: lawn(base, free_steps=NEVER,
+                                          retraction="lazy"),
+      "fixnorm": lambda base: lo.fixnorm(base, mask=mask),
+      "wrs": lambda base: lo.weight_rescaling(base, mask=mask, period=1),
+      # Advanced one step below, so period=2 is on an inactive step.
+      "wrs-between": lambda base: lo.weight_rescaling(base, mask=mask,
+                                                      period=2),
+  }
 
 
-def cnn(width: int):
-  return models.ResNet((width, 2 * width, 4 * width), 10, (32, 32, 3)), (
-      32 * 32 * 3,)
-
-
-# (model, width): ~1M, ~4M and ~25M parameters for the MLP; ~1M, ~5M (and
-# ~25M with --full) for the CNN.
+# (model, width): the MLP 784-w-w-w/4-10 at ~1M, ~4M and the 24M-parameter
+# 784-4096-4096-1024-10; the CNN (ResNet-style, BatchNorm) at ~1M (and ~25M
+# with --full), every kernel (conv and dense) constrained.
 SIZES = {
-    "quick": [("mlp", 512), ("mlp", 1280), ("mlp", 3300),
-              ("cnn", 56), ("cnn", 128)],
-    "full": [("mlp", 512), ("mlp", 1280), ("mlp", 3300),
-             ("cnn", 56), ("cnn", 128), ("cnn", 290)],
+    "quick": [("mlp", 512), ("mlp", 1280), ("mlp", 4096), ("cnn", 56)],
+    "full": [("mlp", 512), ("mlp", 1280), ("mlp", 4096), ("cnn", 56),
+             ("cnn", 290)],
 }
-BATCH = {"mlp": 64, "cnn": 8}
-
-
-def make_tx(base: str, variant: str, mask):
-  tx = BASES[base]()
-  if VARIANTS[variant] is None:
-    return tx
-  return lo.lawn(tx, free_steps=0, mask=mask, **VARIANTS[variant])
-
-
-def state_bytes(state) -> int:
-  return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
+OPTIMIZERS = {"quick": {"mlp:4096": ["adam", "sgdm", "lamb"]},
+              "full": {}}
+BATCH = {"mlp": 256, "cnn": 8}
 
 
 def build(kind: str, width: int, batch: int):
-  model, in_shape = mlp(width) if kind == "mlp" else cnn(width)
+  if kind == "mlp":
+    model = models.MLP((width, width, width // 4), 10)
+    in_shape: tuple[int, ...] = (784,)
+  else:
+    model = models.ResNet((width, 2 * width, 4 * width), 10, (32, 32, 3))
+    in_shape = (32 * 32 * 3,)
   key = jax.random.key(0)
   x = jax.random.normal(key, (batch, *in_shape), jnp.float32)
   y = jax.random.randint(key, (batch,), 0, 10)
@@ -89,82 +101,115 @@ def build(kind: str, width: int, batch: int):
       logits = model.apply({"params": p}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  # The final homogeneous sub-network (biases ignored): all MLP kernels; the
-  # CNN's dense head.
-  fn = lambda p, x: (model.apply({"params": p, **rest}, x, train=True,
-                                 mutable=list(rest))[0] if rest
-                     else model.apply({"params": p}, x))
-  mask = lo.masks.final_homogeneous(fn, params, x[:2], biases="ignore")
-  return params, loss, mask
+  return params, loss, lo.masks.kernels(params)
 
 
-def time_cell(kind, width, base, batch, repeats):
+def _bytes(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float(cost.get("bytes accessed", float("nan")))
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
+def time_cell(kind: str, width: int, base: str, batch: int, repeats: int):
   params, loss, mask = build(kind, width, batch)
   n_params = int(sum(x.size for x in jax.tree.leaves(params)))
+  n_masked = int(sum(x.size for x, f in zip(jax.tree.leaves(params),
+                                            jax.tree.leaves(mask)) if f))
   grads = jax.grad(loss)(params)
-  fns, args, compile_s, extra = {}, {}, {}, {}
-  base_bytes = None
-  for variant in VARIANTS:
-    tx = make_tx(base, variant, mask)
+  compiled, inputs, nbytes, extra = {}, {}, {}, {}
+  variants = _variants(mask)
+  base_state_bytes = None
+  for name, make in variants.items():
+    tx = make(BASES[base]())
     state = tx.init(params)
-    # Advance one step so LAWN's norms are frozen (constrained phase).
+    # One step: LAWN's norms are captured (free_steps=0), WRS period 2 is
+    # then between periods.
     _, state = jax.jit(tx.update)(grads, state, params)
-    nbytes = state_bytes(state)
-    base_bytes = nbytes if variant == "base" else base_bytes
-    extra[variant] = nbytes - base_bytes
+    size = int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
+    base_state_bytes = size if name == "base" else base_state_bytes
+    extra[name] = size - base_state_bytes
 
-    def update_only(g, s, p, tx=tx):
-      return tx.update(g, s, p)
-
-    def train_step(p, s, tx=tx):
-      g = jax.grad(loss)(p)
+    def update_apply(p, s, g, tx=tx):
       u, s = tx.update(g, s, p)
       return optax.apply_updates(p, u), s
 
-    t0 = time.perf_counter()
-    fu = jax.jit(update_only).lower(grads, state, params).compile()
-    t1 = time.perf_counter()
-    ft = jax.jit(train_step).lower(params, state).compile()
-    t2 = time.perf_counter()
-    compile_s[variant] = {"update": t1 - t0, "step": t2 - t1}
-    fns[variant] = (fu, ft)
-    args[variant] = state
-  times = {v: {"update": [], "step": []} for v in VARIANTS}
-  for v in VARIANTS:  # warm-up
-    for _ in range(2):
-      jax.block_until_ready(fns[v][0](grads, args[v], params))
-      jax.block_until_ready(fns[v][1](params, args[v]))
+    def train_step(p, s, tx=tx):
+      u, s = tx.update(jax.grad(loss)(p), s, p)
+      return optax.apply_updates(p, u), s
+
+    fu = jax.jit(update_apply, donate_argnums=(0, 1)).lower(
+        params, state, grads).compile()
+    fs = jax.jit(train_step, donate_argnums=(0, 1)).lower(
+        params, state).compile()
+    compiled[name] = {"update": fu, "step": fs}
+    nbytes[name] = {"update": _bytes(fu), "step": _bytes(fs)}
+    inputs[name] = {"update": (_copy(params), _copy(state)),
+                    "step": (_copy(params), _copy(state))}
+
+  def call(name, what):
+    p, s = inputs[name][what]
+    if what == "update":
+      out = compiled[name][what](p, s, grads)
+    else:
+      out = compiled[name][what](p, s)
+    inputs[name][what] = jax.block_until_ready(out)
+
+  for name in variants:  # warm-up
+    for what in ("update", "step"):
+      for _ in range(2):
+        call(name, what)
+  times = {n: {"update": [], "step": []} for n in variants}
   for _ in range(repeats):
-    for v in VARIANTS:  # interleaved
-      for what, call in (("update", lambda: fns[v][0](grads, args[v], params)),
-                         ("step", lambda: fns[v][1](params, args[v]))):
+    for name in variants:  # interleaved
+      for what in ("update", "step"):
         t0 = time.perf_counter()
-        jax.block_until_ready(call())
-        times[v][what].append(time.perf_counter() - t0)
-  med = {v: {w: float(np.median(t)) for w, t in d.items()}
-         for v, d in times.items()}
-  return {
-      "model": kind, "width": width, "params": n_params, "optimizer": base,
-      "batch": batch, "repeats": repeats,
-      "constrained_leaves": int(sum(jax.tree.leaves(mask))),
-      "median_s": med,
-      "ratio": {v: {w: med[v][w] / med["base"][w] for w in med[v]}
-                for v in VARIANTS},
-      "extra_state_bytes": extra, "compile_s": compile_s,
-  }
+        call(name, what)
+        times[name][what].append(time.perf_counter() - t0)
+
+  rows = {}
+  for name in variants:
+    rows[name] = {}
+    for what in ("update", "step"):
+      t = np.asarray(times[name][what])
+      base_med = float(np.median(times["base"][what]))
+      med = float(np.median(t))
+      q1, q3 = np.percentile(t, [25, 75])
+      ratio = med / base_med
+      rows[name][what] = {
+          "times_s": t.tolist(), "median_s": med,
+          "iqr_s": [float(q1), float(q3)], "ratio": ratio,
+          "bytes": nbytes[name][what],
+          "bytes_ratio": nbytes[name][what] / nbytes["base"][what],
+          "noise": bool(name != "base" and ratio < 0.98),
+      }
+  return {"model": kind, "width": width, "params": n_params,
+          "constrained_params": n_masked, "optimizer": base, "batch": batch,
+          "repeats": repeats, "variants": rows,
+          "extra_state_bytes": extra}
 
 
-def table(rows) -> str:
-  out = ["| model | params | opt | variant | update ratio | step ratio | "
-         "extra state (B) |", "|---|---|---|---|---|---|---|"]
-  for r in rows:
-    for v in VARIANTS:
-      if v == "base":
+def table(cells) -> str:
+  out = ["| model | params (constrained) | opt | variant | update+apply: "
+         "bytes ratio | update+apply: time ratio [IQR] | full step: time "
+         "ratio | extra state (B) |", "|---|---|---|---|---|---|---|---|"]
+  for c in cells:
+    base = c["variants"]["base"]
+    for name, r in c["variants"].items():
+      if name == "base":
         continue
+      u, s = r["update"], r["step"]
+      lo_q, hi_q = (q / base["update"]["median_s"] for q in u["iqr_s"])
+      flag = lambda x: " (noise)" if x["noise"] else ""
       out.append(
-          f"| {r['model']}-{r['width']} | {r['params'] / 1e6:.1f}M | "
-          f"{r['optimizer']} | {v} | {r['ratio'][v]['update']:.3f} | "
-          f"{r['ratio'][v]['step']:.3f} | {r['extra_state_bytes'][v]} |")
+          f"| {c['model']}-{c['width']} | {c['params'] / 1e6:.1f}M "
+          f"({100 * c['constrained_params'] / c['params']:.0f}%) | "
+          f"{c['optimizer']} | {name} | {u['bytes_ratio']:.2f} | "
+          f"{u['ratio']:.2f} [{lo_q:.2f}-{hi_q:.2f}]{flag(u)} | "
+          f"{s['ratio']:.2f}{flag(s)} | {c['extra_state_bytes'][name]} |")
   return "\n".join(out)
 
 
@@ -173,29 +218,32 @@ def main(argv=None):
   mode = p.add_mutually_exclusive_group()
   mode.add_argument("--quick", action="store_true")
   mode.add_argument("--full", action="store_true")
-  p.add_argument("--repeats", type=int, default=20)
-  p.add_argument("--batch", type=int, help="default: 64 (MLP), 8 (CNN)")
-  p.add_argument("--optimizers", nargs="+", default=list(BASES))
-  p.add_argument("--sizes", nargs="+", help="e.g. mlp:512 cnn:48")
-  p.add_argument("--out", default=str(common.RESULTS))
+  p.add_argument("--repeats", type=int, default=15)
+  p.add_argument("--sizes", nargs="+", help="e.g. mlp:4096 cnn:56")
+  p.add_argument("--optimizers", nargs="+",
+                 help="default: adam and sgdm, all three on the 24M MLP")
+  p.add_argument("--out", default=str(common.DEFAULT_OUT))
   p.add_argument("--tag", default="")
   args = p.parse_args(argv)
-  sizes = SIZES["full" if args.full else "quick"]
+  preset = "full" if args.full else "quick"
+  sizes = SIZES[preset]
   if args.sizes:
     sizes = [(s.split(":")[0], int(s.split(":")[1])) for s in args.sizes]
   from tqdm import tqdm
-  rows = []
-  cells = [(k, w, o) for k, w in sizes for o in args.optimizers]
-  for kind, width, opt in tqdm(cells, desc="cells"):
-    rows.append(time_cell(kind, width, opt, args.batch or BATCH[kind],
-                          args.repeats))
-  from pathlib import Path
-  payload = {"environment": common.environment(), "rows": rows,
-             "note": "ratios are LAWN median / base median from the same run,"
-                     " interleaved; constrained phase (free_steps=0)."}
-  path = common.write_json(f"overhead{args.tag}", payload, Path(args.out))
-  text = table(rows)
-  (Path(args.out) / f"overhead{args.tag}.md").write_text(text + "\n")
+  cells = []
+  plan = [(k, w, o) for k, w in sizes
+          for o in (args.optimizers or OPTIMIZERS[preset].get(
+              f"{k}:{w}", ["adam", "sgdm"]))]
+  for kind, width, opt in tqdm(plan, desc="cells"):
+    cells.append(time_cell(kind, width, opt, BATCH[kind], args.repeats))
+  payload = {"environment": common.environment(), "cells": cells,
+             "note": "ratios are variant / base from the same run, "
+                     "interleaved, donated params and state; bytes from XLA's "
+                     "cost analysis (a lax.cond counts both branches)."}
+  out = Path(args.out)
+  path = common.write_json(f"overhead{args.tag}", payload, out)
+  text = table(cells)
+  (out / f"overhead{args.tag}.md").write_text(text + "\n")
   env = payload["environment"]
   print(f"jax {env['jax']} on {env['device_kind']} ({env['backend']})")
   print(text)

@@ -41,7 +41,7 @@ def _overhead_section(path: Path) -> list[str]:
   return [f"### {path.stem}", "",
           f"`{env.get('command', '?')}` at commit `{env.get('git_commit', '?')}`"
           f" on {env.get('device_kind', '?')}. {results.get('note', '')}", "",
-          table(results["rows"]), ""]
+          table(results["cells"]), ""]
 
 
 def docs_page(results_dir: Path = common.RESULTS) -> str:

@@ -127,12 +127,25 @@ def test_generalization_cell_and_report(tmp_path):
 
 
 def test_overhead_cell_smoke():
-  row = overhead.time_cell("mlp", 16, "adam", batch=8, repeats=2)
-  assert set(row["ratio"]) == set(overhead.VARIANTS)
-  assert row["ratio"]["base"]["update"] == 1.0
-  # Extra state is O(constrained tensors/units), never parameter-sized.
-  assert 0 < row["extra_state_bytes"]["lawn-tensor"] < 64
-  assert row["extra_state_bytes"]["lawn-unit"] < 4 * (16 + 16 + 16 + 10) + 64
+  cell = overhead.time_cell("mlp", 16, "adam", batch=8, repeats=3)
+  rows = cell["variants"]
+  assert set(rows) == set(overhead._variants(None))
+  assert rows["base"]["update"]["ratio"] == 1.0
+  for r in rows.values():
+    for what in ("update", "step"):
+      assert len(r[what]["times_s"]) == 3
+      q1, q3 = r[what]["iqr_s"]
+      assert q1 <= r[what]["median_s"] <= q3
+      assert r[what]["bytes"] > 0
+  # The exact retraction reads more than the base; never parameter-sized
+  # state: O(constrained tensors/units).
+  assert rows["lawn-tensor"]["update"]["bytes_ratio"] > 1.0
+  assert 0 < cell["extra_state_bytes"]["lawn-tensor"] < 64
+  assert cell["extra_state_bytes"]["lawn-lazy"] == cell["extra_state_bytes"][
+      "lawn-tensor"]
+  assert cell["extra_state_bytes"]["lawn-unit"] < 4 * (16 + 16 + 4 + 10) + 64
+  table = overhead.table([cell])
+  assert table.count("\n") == len(rows)  # header, rule, one row a variant
 
 
 def test_hit_rate_ndcg_counts_ties_and_nans_as_misses():
