@@ -1,5 +1,6 @@
 """Results pages written from the committed JSON in benchmarks/results/.
 
+  python -m benchmarks.report               # README's generated sections
   python -m benchmarks.report --docs PATH   # the docs site's results page
 
 Every table is computed from a JSON file (never retyped); each section names
@@ -57,13 +58,66 @@ def docs_page(results_dir: Path = common.RESULTS) -> str:
   return "\n".join(lines)
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+def step_cost_section(results_dir: Path = common.RESULTS) -> str:
+  """README's step-cost summary: the 24M MLP rows of overhead.json."""
+  results = json.loads((results_dir / "overhead.json").read_text())
+  env = results["environment"]
+  cells = [c for c in results["cells"] if c["model"] == "mlp"
+           and c["width"] == 4096]
+  names = ["lawn-tensor", "lawn-unit", "lawn-lazy", "lawn-tangent",
+           "lawn-free", "lawn-lazy-free", "fixnorm", "wrs", "wrs-between"]
+  opts = [c["optimizer"] for c in cells]
+  head = ("| variant | " + " | ".join(
+      f"{o}: bytes / time [IQR] / full step" for o in opts) + " |")
+  lines = [f"24M-parameter MLP (784-4096-4096-1024-10, all kernels "
+           f"constrained), {env['cpu_model']}, {env['cpu_count']} cores, jax "
+           f"{env['jax']}, commit `{env['git_commit'][:10]}`: ratios to the "
+           "base optimizer from the same run (update+apply with donated "
+           f"buffers, median of {cells[0]['repeats']} interleaved repeats, "
+           "inter-quartile range of the variant's times over the base median; "
+           f"full train step at batch {cells[0]['batch']}). Bytes are XLA's "
+           "`bytes accessed`; gated variants (free phase, WRS between "
+           "periods) over-count, as XLA counts both branches of a `lax.cond`. "
+           "Every cell, the smaller MLPs and the CNN: "
+           "`benchmarks/results/overhead.md`.", "",
+           head, "|---|" + "---|" * len(cells)]
+  for name in names:
+    row = []
+    for c in cells:
+      base_med = c["variants"]["base"]["update"]["median_s"]
+      u, s = c["variants"][name]["update"], c["variants"][name]["step"]
+      q1, q3 = (q / base_med for q in u["iqr_s"])
+      noise = " (noise)" if u["noise"] or s["noise"] else ""
+      row.append(f"{u['bytes_ratio']:.2f} / {u['ratio']:.2f} "
+                 f"[{q1:.2f}-{q3:.2f}] / {s['ratio']:.2f}{noise}")
+    lines.append(f"| {name} | " + " | ".join(row) + " |")
+  return "\n".join(lines)
+
+
+SECTIONS = {"step-cost": step_cost_section}
+
+
+def render_readme(text: str) -> str:
+  """``text`` with every generated section rewritten from the JSON."""
+  for name, make in SECTIONS.items():
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    i, j = text.index(start) + len(start), text.index(end)
+    text = text[:i] + "\n" + make() + "\n" + text[j:]
+  return text
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--docs", type=Path, required=True,
-                  help="where to write the docs results page (Markdown)")
+  ap.add_argument("--docs", type=Path,
+                  help="write the docs results page (Markdown) there")
   args = ap.parse_args(argv)
-  args.docs.write_text(docs_page())
-  print(f"wrote {args.docs}")
+  if args.docs:
+    args.docs.write_text(docs_page())
+    print(f"wrote {args.docs}")
+    return
+  README.write_text(render_readme(README.read_text()))
+  print(f"rewrote the generated sections of {README}")
 
 
 if __name__ == "__main__":

@@ -159,3 +159,10 @@ def test_hit_rate_ndcg_counts_ties_and_nans_as_misses():
   assert float(ndcg) == pytest.approx((1.0 + 1 / np.log2(4)) / 4)
   hr1, _ = generalization.hit_rate_ndcg(scores, k=1)
   assert float(hr1) == pytest.approx(1 / 4)
+
+
+def test_readme_generated_sections_match_the_json():
+  from benchmarks import report
+  text = report.README.read_text()
+  assert report.render_readme(text) == text, (
+      "README is out of date: run python -m benchmarks.report")
