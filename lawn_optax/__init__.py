@@ -21,11 +21,11 @@ from lawn_optax.large_batch import (
     small_loss_weights,
 )
 from lawn_optax.lawn import lawn, lawn_adam, lawn_lamb, lawn_sgd
+from lawn_optax.numerics import norms
 from lawn_optax.projection import (
     NormConstraintState,
     TangentProjectionState,
     constrain_norms,
-    norms,
     project_to_tangent,
 )
 from lawn_optax.wrs import rescale_batch_stats, weight_rescaling

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from lawn_optax import _tree
-from lawn_optax.projection import leaf_norm, safe_div
+from lawn_optax.numerics import leaf_norm, safe_div
 
 ESTIMATORS = ("grad_weight_ratio", "secant", "hutchinson")
 REDUCTIONS = ("norm", "median")

@@ -7,7 +7,8 @@ from typing import Any
 import jax
 
 from lawn_optax import _tree
-from lawn_optax.projection import NormConstraintState, leaf_norm
+from lawn_optax.numerics import leaf_norm
+from lawn_optax.projection import NormConstraintState
 
 
 def _is_constraint(x: Any) -> bool:

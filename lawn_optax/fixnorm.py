@@ -10,20 +10,23 @@ import numpy as np
 import optax
 
 from lawn_optax import _tree
-from lawn_optax.projection import constrain_norms, leaf_norm
+from lawn_optax.numerics import DEFAULT_EPS, leaf_norm
+from lawn_optax.projection import constrain_norms
 
 
 def _require_nonzero_init_norms(
     tx: optax.GradientTransformationExtraArgs, mask: _tree.MaskOrFn,
-    granularity: str, what: str) -> optax.GradientTransformationExtraArgs:
+    granularity: str, unit_axis: int, what: str
+) -> optax.GradientTransformationExtraArgs:
   """Wraps ``tx`` so that ``init`` rejects a selected weight of norm zero."""
 
   def init_fn(params):
-    sel = _tree.select(mask, params, granularity=granularity, what=what)
+    sel = _tree.select(mask, params, granularity=granularity,
+                       unit_axis=unit_axis, what=what)
     for path, w, f in zip(sel.paths, sel.flatten(params), sel.flags):
       if not f or isinstance(w, jax.core.Tracer):
         continue
-      if np.any(np.asarray(leaf_norm(w, granularity)) == 0):
+      if np.any(np.asarray(leaf_norm(w, granularity, unit_axis)) == 0):
         raise ValueError(
             f"{what} weight '{path}' has norm zero at init (zero-initialised?):"
             " there is no norm to keep. Give the target explicitly"
@@ -41,6 +44,9 @@ def fixnorm(
     classifier_norm: Any = None,
     radius: Any = None,
     granularity: str = "tensor",
+    unit_axis: int = -1,
+    norm_eps: float = DEFAULT_EPS,
+    retraction: str = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   r"""FixNorm: replace weight decay by fixed weight norms, from step 0 on.
 
@@ -61,6 +67,10 @@ def fixnorm(
       classifier's init norm (a zero-initialised head is then an error).
     radius: target norm(s) for ``mask``; ``None`` keeps the init norms.
     granularity: ``"tensor"`` or ``"unit"``.
+    unit_axis: output axis for ``granularity="unit"`` (last axis for Flax).
+    norm_eps: floor of the norm divided by in the retraction.
+    retraction: ``"exact"`` or ``"lazy"`` (see
+      :func:`lawn_optax.constrain_norms`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs params.
@@ -81,16 +91,18 @@ def fixnorm(
     Neural Networks <https://arxiv.org/abs/2103.15345>`_, 2021.
   """
   _tree.check_granularity(granularity)
-  body = constrain_norms(mask, target=radius, granularity=granularity)
+  common: dict[str, Any] = dict(granularity=granularity, unit_axis=unit_axis,
+                                eps=norm_eps, retraction=retraction)
+  body = constrain_norms(mask, target=radius, **common)
   if radius is None:
-    body = _require_nonzero_init_norms(body, mask, granularity, "mask")
+    body = _require_nonzero_init_norms(body, mask, granularity, unit_axis,
+                                       "mask")
   steps = [("base", base_tx), ("fixnorm", body)]
   if classifier_mask is not None:
-    head = constrain_norms(classifier_mask, target=classifier_norm,
-                           granularity=granularity)
+    head = constrain_norms(classifier_mask, target=classifier_norm, **common)
     if classifier_norm is None:
       head = _require_nonzero_init_norms(head, classifier_mask, granularity,
-                                         "classifier_mask")
+                                         unit_axis, "classifier_mask")
     steps.append(("classifier", head))
     return _disjoint(optax.named_chain(*steps), mask, classifier_mask)
   if classifier_norm is not None:

@@ -7,7 +7,8 @@ from typing import Any
 import optax
 
 from lawn_optax import _tree
-from lawn_optax.projection import DEFAULT_EPS, constrain_norms, project_to_tangent
+from lawn_optax.numerics import DEFAULT_EPS
+from lawn_optax.projection import constrain_norms, project_to_tangent
 
 
 def lawn(

@@ -8,7 +8,8 @@ import jax
 import optax
 
 from lawn_optax import _tree
-from lawn_optax.projection import constrain_norms, leaf_norm, safe_div
+from lawn_optax.numerics import DEFAULT_EPS, leaf_norm, safe_div
+from lawn_optax.projection import constrain_norms
 
 
 def weight_rescaling(
@@ -19,6 +20,8 @@ def weight_rescaling(
     target: Any = 1.0,
     granularity: str = "unit",
     unit_axis: int = -1,
+    norm_eps: float = DEFAULT_EPS,
+    retraction: str = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   """WRS: rescale BN-preceded kernels to a target norm every ``period`` steps.
 
@@ -43,6 +46,9 @@ def weight_rescaling(
       norms measured at step 0.
     granularity: ``"unit"`` (per output filter, default) or ``"tensor"``.
     unit_axis: the output axis for ``granularity="unit"``.
+    norm_eps: floor of the norm divided by in the retraction.
+    retraction: ``"exact"`` or ``"lazy"`` (see
+      :func:`lawn_optax.constrain_norms`).
 
   Returns:
     ``optax.named_chain(("base", base_tx), ("wrs", constrain_norms(...)))``.
@@ -64,7 +70,8 @@ def weight_rescaling(
   return optax.named_chain(
       ("base", base_tx),
       ("wrs", constrain_norms(mask, target=target, period=period,
-                              granularity=granularity, unit_axis=unit_axis)))
+                              granularity=granularity, unit_axis=unit_axis,
+                              eps=norm_eps, retraction=retraction)))
 
 
 def rescale_batch_stats(batch_stats: Any, params_before: Any,
