@@ -11,7 +11,11 @@ from lawn_optax.curvature import (
     cblr,
     lars,
     mclr,
+    paper_lars,
     scale_by_curvature_lr,
+    scale_by_grad_weight_ratio,
+    scale_by_hutchinson_curvature,
+    scale_by_secant_curvature,
 )
 from lawn_optax.diagnostics import frozen_norms, weight_norms
 from lawn_optax.fixnorm import fixnorm, fixnorm_search
@@ -50,9 +54,13 @@ __all__ = [
     "masks",
     "mclr",
     "norms",
+    "paper_lars",
     "project_to_tangent",
     "rescale_batch_stats",
     "scale_by_curvature_lr",
+    "scale_by_grad_weight_ratio",
+    "scale_by_hutchinson_curvature",
+    "scale_by_secant_curvature",
     "small_loss_mean",
     "small_loss_weights",
     "weight_norms",

@@ -8,6 +8,7 @@ is exactly LARS's local learning rate, the "special case" of the CBLR paper.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -142,6 +143,13 @@ def scale_by_curvature_lr(
   if not 0.0 <= ema_decay < 1.0:
     raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
   _tree.check_step(hutchinson_every, "hutchinson_every", minimum=1)
+  if estimator != "grad_weight_ratio" and not (
+      isinstance(weight_decay, (int, float)) and weight_decay == 0):
+    raise ValueError(
+        f"weight_decay={weight_decay!r} is only used by the "
+        f"'grad_weight_ratio' estimator; estimator={estimator!r} would ignore "
+        "it. Add decay to the base optimizer instead (e.g. "
+        "optax.add_decayed_weights).")
   secant, hutch = estimator == "secant", estimator == "hutchinson"
 
   def init_fn(params):
@@ -324,7 +332,7 @@ def mclr(
               relative_to="median", momentum=momentum, mask=mask, **kwargs)
 
 
-def lars(
+def paper_lars(
     learning_rate: optax.ScalarOrSchedule,
     *,
     weight_decay: Any = 0.0,
@@ -337,7 +345,8 @@ def lars(
 
   ``optax.lars`` divides by ``||g + β w||`` instead; the two coincide when
   ``weight_decay=0``. This is :func:`cblr` with the ``"grad_weight_ratio"``
-  estimator.
+  estimator. (Named apart from ``optax.lars``; ``lawn_optax.lars`` is a
+  deprecated alias.)
 
   Args:
     learning_rate: global learning rate γ.
@@ -351,7 +360,7 @@ def lars(
 
   Example:
     >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> tx = lo.lars(1.0, trust_coefficient=0.1, momentum=None)
+    >>> tx = lo.paper_lars(1.0, trust_coefficient=0.1, momentum=None)
     >>> p = {'w': jnp.array([3.0, 4.0])}
     >>> u, _ = tx.update({'w': jnp.array([0.0, 0.5])}, tx.init(p), p)
     >>> float(u['w'][1])   # -0.1 * ||w|| / ||g|| * g
@@ -363,3 +372,88 @@ def lars(
   return cblr(learning_rate, estimator="grad_weight_ratio",
               trust_coefficient=trust_coefficient, weight_decay=weight_decay,
               momentum=momentum, nesterov=nesterov, mask=mask)
+
+
+def lars(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+  """Deprecated alias of :func:`paper_lars` (it shadowed ``optax.lars``).
+
+  Example:
+    >>> import warnings, lawn_optax as lo
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...   warnings.simplefilter("always")
+    ...   _ = lo.lars(1.0)
+    >>> w[0].category.__name__
+    'DeprecationWarning'
+  """
+  warnings.warn("lawn_optax.lars is renamed paper_lars (it differs from "
+                "optax.lars when weight_decay > 0).", DeprecationWarning,
+                stacklevel=2)
+  return paper_lars(*args, **kwargs)
+
+
+def scale_by_grad_weight_ratio(
+    *, trust_coefficient: Any = 1.0, weight_decay: Any = 0.0,
+    reduction: str = "norm", relative_to: str | None = None,
+    min_scale: float = 0.0, max_scale: float = float("inf"),
+    mask: _tree.MaskOrFn = True) -> optax.GradientTransformationExtraArgs:
+  """:func:`scale_by_curvature_lr` with the ``"grad_weight_ratio"`` (LARS)
+  estimator: ``c_l = (||g|| + β||w||) / ||w||``.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.scale_by_grad_weight_ratio()
+    >>> p, g = {'w': jnp.array([3.0, 4.0])}, {'w': jnp.array([0.0, 0.5])}
+    >>> tx.update(g, tx.init(p), p)[0]['w'].tolist()
+    [0.0, 5.0]
+  """
+  return scale_by_curvature_lr(
+      "grad_weight_ratio", trust_coefficient=trust_coefficient,
+      weight_decay=weight_decay, reduction=reduction, relative_to=relative_to,
+      min_scale=min_scale, max_scale=max_scale, mask=mask)
+
+
+def scale_by_secant_curvature(
+    *, trust_coefficient: Any = 1.0, ema_decay: float = 0.9,
+    reduction: str = "norm", relative_to: str | None = None,
+    min_scale: float = 0.0, max_scale: float = float("inf"),
+    mask: _tree.MaskOrFn = True) -> optax.GradientTransformationExtraArgs:
+  """:func:`scale_by_curvature_lr` with the ``"secant"`` estimator: an EMA of
+  ``||g_t - g_{t-1}|| / ||w_t - w_{t-1}||`` per layer.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.scale_by_secant_curvature()
+    >>> p = {'w': jnp.array([3.0, 4.0])}
+    >>> u, s = tx.update({'w': jnp.ones(2)}, tx.init(p), p)  # no step yet
+    >>> u['w'].tolist()
+    [1.0, 1.0]
+  """
+  return scale_by_curvature_lr(
+      "secant", trust_coefficient=trust_coefficient, ema_decay=ema_decay,
+      reduction=reduction, relative_to=relative_to, min_scale=min_scale,
+      max_scale=max_scale, mask=mask)
+
+
+def scale_by_hutchinson_curvature(
+    *, trust_coefficient: Any = 1.0, ema_decay: float = 0.9, every: int = 10,
+    reduction: str = "norm", relative_to: str | None = None,
+    min_scale: float = 0.0, max_scale: float = float("inf"),
+    mask: _tree.MaskOrFn = True, seed: int = 0
+) -> optax.GradientTransformationExtraArgs:
+  """:func:`scale_by_curvature_lr` with the ``"hutchinson"`` estimator:
+  ``mean |v ⊙ Hv|`` per layer every ``every`` steps; ``update`` needs
+  ``obj_fn`` (params -> loss).
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.scale_by_hutchinson_curvature(trust_coefficient=2.0)
+    >>> p = {'w': jnp.array([3.0, 4.0])}
+    >>> loss = lambda q: jnp.sum(q['w'] ** 2)   # Hessian 2 I: scale 2 / 2
+    >>> u, _ = tx.update({'w': jnp.ones(2)}, tx.init(p), p, obj_fn=loss)
+    >>> u['w'].tolist()
+    [1.0, 1.0]
+  """
+  return scale_by_curvature_lr(
+      "hutchinson", trust_coefficient=trust_coefficient, ema_decay=ema_decay,
+      hutchinson_every=every, reduction=reduction, relative_to=relative_to,
+      min_scale=min_scale, max_scale=max_scale, mask=mask, seed=seed)

@@ -83,7 +83,7 @@ METHODS += [
                    _finite, 0.05),
     battery.Method("mclr", lambda learning_rate, mask: lo.mclr(
         learning_rate, mask=mask), _finite, 0.05),
-    battery.Method("lars", lambda learning_rate, mask: lo.lars(
+    battery.Method("lars", lambda learning_rate, mask: lo.paper_lars(
         learning_rate, weight_decay=1e-3, trust_coefficient=0.01, mask=mask),
                    _finite, 1.0),
 ]

@@ -1,6 +1,7 @@
 """CBLR / MCLR / LARS against closed forms, NumPy LARS and optax.lars;
 small-loss filtering and batch-size scheduling."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,20 +53,20 @@ def test_cblr_grad_weight_ratio_is_paper_lars(beta):
   ref = _numpy_lars(PARAMS, 12, lr=0.5, trust=0.02, beta=beta, momentum=0.9)
   for tx in (lo.cblr(0.5, estimator="grad_weight_ratio", trust_coefficient=0.02,
                      weight_decay=beta, momentum=0.9),
-             lo.lars(0.5, trust_coefficient=0.02, weight_decay=beta)):
+             lo.paper_lars(0.5, trust_coefficient=0.02, weight_decay=beta)):
     for got, want in zip(_run(tx), ref):
       for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6)
 
 
 def test_matches_optax_lars_without_weight_decay_only():
-  ours = _run(lo.lars(0.5, trust_coefficient=0.02, weight_decay=0.0))
+  ours = _run(lo.paper_lars(0.5, trust_coefficient=0.02, weight_decay=0.0))
   theirs = _run(optax.lars(0.5, weight_decay=0.0, trust_coefficient=0.02))
   for a, b in zip(ours, theirs):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
                                                          atol=1e-7), a, b)
   # With decay the two trust ratios differ (||g|| + β||w|| vs ||g + βw||).
-  ours = _run(lo.lars(0.5, trust_coefficient=0.02, weight_decay=0.1))
+  ours = _run(lo.paper_lars(0.5, trust_coefficient=0.02, weight_decay=0.1))
   theirs = _run(optax.lars(0.5, weight_decay=0.1, trust_coefficient=0.02))
   assert not np.allclose(ours[-1]["a"], theirs[-1]["a"], rtol=1e-4)
 
@@ -204,7 +205,7 @@ def test_curvature_methods_train_a_real_model(name):
         "cblr_hutchinson": lo.cblr(0.02, estimator="hutchinson", mask=kernels,
                                    max_scale=10.0, hutchinson_every=5),
         "mclr": lo.mclr(0.05, mask=kernels),
-        "lars": lo.lars(0.5, trust_coefficient=0.01, mask=kernels)}[name]
+        "lars": lo.paper_lars(0.5, trust_coefficient=0.01, mask=kernels)}[name]
   state = tx.init(params)
 
   @jax.jit
@@ -222,3 +223,38 @@ def test_curvature_methods_train_a_real_model(name):
                           params["Dense_1"]["kernel"] +
                           params["Dense_1"]["bias"], -1) == y).mean())
   assert acc > 0.9, (name, acc)
+
+
+@pytest.mark.parametrize("estimator,factory", [
+    ("grad_weight_ratio", lambda: lo.scale_by_grad_weight_ratio(
+        trust_coefficient=0.5)),
+    ("secant", lambda: lo.scale_by_secant_curvature(trust_coefficient=0.5)),
+])
+def test_one_factory_per_estimator_matches_the_switch(estimator, factory):
+  general = lo.scale_by_curvature_lr(estimator, trust_coefficient=0.5)
+  chex.assert_trees_all_close(_run(factory()), _run(general), rtol=1e-6)
+
+
+def test_hutchinson_factory_matches_the_switch():
+  p = {"w": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
+  loss = lambda q: jnp.sum(q["w"] ** 4)
+  a = lo.scale_by_hutchinson_curvature(every=1, seed=3)
+  b = lo.scale_by_curvature_lr("hutchinson", hutchinson_every=1, seed=3)
+  ua, _ = a.update({"w": jnp.ones((2, 2))}, a.init(p), p, obj_fn=loss)
+  ub, _ = b.update({"w": jnp.ones((2, 2))}, b.init(p), p, obj_fn=loss)
+  np.testing.assert_array_equal(ua["w"], ub["w"])
+
+
+def test_weight_decay_is_refused_where_the_estimator_ignores_it():
+  with pytest.raises(ValueError, match=r"weight_decay=0.01 is only used by "
+                     r"the 'grad_weight_ratio' estimator"):
+    lo.scale_by_curvature_lr("secant", weight_decay=0.01)
+  with pytest.raises(ValueError, match="would ignore it"):
+    lo.cblr(0.1, estimator="hutchinson", weight_decay=1e-4)
+
+
+def test_lars_is_a_deprecated_alias_of_paper_lars():
+  with pytest.warns(DeprecationWarning, match="renamed paper_lars"):
+    old = lo.lars(0.5, trust_coefficient=0.02, weight_decay=0.1)
+  new = lo.paper_lars(0.5, trust_coefficient=0.02, weight_decay=0.1)
+  chex.assert_trees_all_equal(_run(old), _run(new))

@@ -104,6 +104,9 @@ BAD_INPUTS = [
          PARAMS, lo.scale_by_curvature_lr("hutchinson", mask=MASK).init(
              PARAMS), PARAMS),
      ValueError, r"needs update\(\.\.\., obj_fn"),
+    ("weight_decay with an estimator that ignores it",
+     lambda: lo.scale_by_curvature_lr("secant", weight_decay=0.01),
+     ValueError, r"weight_decay=0.01 is only used by"),
     ("small-loss fraction of 1",
      lambda: lo.small_loss_weights(jnp.ones(4), 1.0), ValueError,
      r"fraction must be in \[0, 1\)"),
