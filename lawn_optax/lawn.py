@@ -127,8 +127,8 @@ def lawn_adam(
 
   Args:
     learning_rate: a float or an optax schedule.
-    free_steps, mask, granularity, tangent_projection, unit_axis,
-      retraction: see :func:`lawn`.
+    free_steps: see :func:`lawn`; so are ``mask``, ``granularity``,
+      ``tangent_projection``, ``unit_axis`` and ``retraction``.
     b1, b2, eps, eps_root, nesterov: as in ``optax.adam``.
 
   Returns:
@@ -167,8 +167,8 @@ def lawn_sgd(
 
   Args:
     learning_rate: a float or an optax schedule.
-    free_steps, mask, granularity, tangent_projection, unit_axis,
-      retraction: see :func:`lawn`.
+    free_steps: see :func:`lawn`; so are ``mask``, ``granularity``,
+      ``tangent_projection``, ``unit_axis`` and ``retraction``.
     momentum, nesterov: as in ``optax.sgd``.
 
   Returns:
@@ -209,8 +209,8 @@ def lawn_lamb(
 
   Args:
     learning_rate: a float or an optax schedule.
-    free_steps, mask, granularity, tangent_projection, unit_axis,
-      retraction: see :func:`lawn`.
+    free_steps: see :func:`lawn`; so are ``mask``, ``granularity``,
+      ``tangent_projection``, ``unit_axis`` and ``retraction``.
     b1, b2, eps, eps_root: as in ``optax.lamb``.
 
   Returns:
