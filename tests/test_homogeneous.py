@@ -557,3 +557,17 @@ def test_tied_embedding_and_gemma_norm():
   assert _selected(mask) == ["scale"]  # the tied table is cut by the norm
   with pytest.raises(ValueError, match=r"no homogeneous set: 'emb' .*'add' at"):
     lo.masks.final_homogeneous(fn, p, tokens, True)
+
+
+def test_named_axis_collectives_pmap():
+  def fn(p, x):
+    def local(x):
+      h = jnp.maximum(x @ p["w"], 0.0)
+      h = h - jax.lax.pmean(h.mean(0), "i") + jax.lax.pmean(h.mean(0), "i")
+      h = h + 0.0 * jax.lax.psum(h, "i")
+      return jax.lax.all_gather(h, "i").reshape(-1, h.shape[-1]) @ p["v"]
+    return jax.pmap(local, axis_name="i")(x[None])[0]
+  p = {"w": jnp.ones((5, 4)), "v": jnp.ones((4, 2))}
+  mask = lo.masks.final_homogeneous(fn, p, X)
+  assert _selected(mask) == ["v", "w"]
+  assert lo.masks.check_homogeneous(fn, p, mask, X) == 2
