@@ -13,6 +13,7 @@ Every loader returns float32 features and int32 labels as NumPy arrays.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import urllib.request
@@ -23,10 +24,23 @@ from typing import NamedTuple
 import numpy as np
 
 FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
-FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_URL = ("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/"
+               "master/data/fashion/")
 FASHION_FILES = {
     "x": "train-images-idx3-ubyte.gz", "y": "train-labels-idx1-ubyte.gz",
     "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+# SHA-256 of each file's *decompressed* idx bytes (the data, whatever gzip
+# header a mirror or Debian wrote), measured on Debian's dataset-fashion-mnist.
+FASHION_SHA256 = {
+    "train-images-idx3-ubyte.gz":
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz":
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz":
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz":
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 DSLABS_RDATA = "/usr/lib/R/site-library/dslabs/data/Rdata"
 
@@ -60,15 +74,36 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Classification:
   return Classification(x[:n], y[:n], x[n:], y[n:], 10)
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-  """Reads an idx file (optionally gzipped): the MNIST family's format."""
+def _idx_bytes(path: str | os.PathLike) -> bytes:
   raw = Path(path).read_bytes()
   if raw[:2] == b"\x1f\x8b":
-    raw = gzip.decompress(raw)
+    try:
+      raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+      raise ValueError(f"{path}: corrupted or truncated gzip file ({e}).") \
+          from None
+  return raw
+
+
+def read_idx(path: str | os.PathLike, sha256: str | None = None
+             ) -> np.ndarray:
+  """Reads an idx file (optionally gzipped): the MNIST family's format.
+
+  With ``sha256``, the decompressed bytes must have that digest.
+  """
+  raw = _idx_bytes(path)
+  if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+    raise ValueError(f"{path}: SHA-256 of its data is "
+                     f"{hashlib.sha256(raw).hexdigest()}, expected {sha256} "
+                     "(corrupted, truncated or another file).")
+  if len(raw) < 4:
+    raise ValueError(f"{path}: too short for an idx header.")
   zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
   if zero != 0 or dtype_code != 0x08:
     raise ValueError(f"{path}: not an unsigned-byte idx file "
                      f"(magic {zero:#x}, type {dtype_code:#x}).")
+  if len(raw) < 4 + 4 * ndim:
+    raise ValueError(f"{path}: truncated idx header.")
   dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
   data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
   if data.size != int(np.prod(dims)):
@@ -99,11 +134,29 @@ def fashion_mnist(path: str | os.PathLike | None = None,
     d.mkdir(parents=True, exist_ok=True)
     for f in FASHION_FILES.values():
       if not (d / f).exists():
-        urllib.request.urlretrieve(FASHION_URL + f, d / f)
-  arr = {k: read_idx(d / f) for k, f in FASHION_FILES.items()}
+        download(FASHION_URL + f, d / f, FASHION_SHA256[f])
+  arr = {k: read_idx(d / f, FASHION_SHA256[f])
+         for k, f in FASHION_FILES.items()}
   flat = lambda a: (a.reshape(len(a), -1) / 255.0).astype(np.float32)
   return Classification(flat(arr["x"]), arr["y"].astype(np.int32),
                         flat(arr["x_test"]), arr["y_test"].astype(np.int32), 10)
+
+
+def download(url: str, dest: Path, sha256: str) -> Path:
+  """Fetches ``url`` (HTTPS only) to ``dest``, atomically: written to a
+  temporary name, checked (SHA-256 of the decompressed data), then renamed;
+  a failed or interrupted download leaves nothing at ``dest``."""
+  if not url.startswith("https://"):
+    raise ValueError(f"refusing to download over plain HTTP: {url}")
+  part = dest.with_name(dest.name + ".part")
+  try:
+    with urllib.request.urlopen(url, timeout=60) as response:
+      part.write_bytes(response.read())
+    read_idx(part, sha256)  # raises on a truncated or wrong file
+    os.replace(part, dest)
+  finally:
+    part.unlink(missing_ok=True)
+  return dest
 
 
 def _read_rdata_object(rdx: Path, rdb: Path, name: str):
@@ -113,8 +166,11 @@ def _read_rdata_object(rdx: Path, rdb: Path, name: str):
   import rdata
   raw = rdx.read_bytes()
   # The index is gzip in dslabs' build; R may also write it as length + zlib.
-  raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else zlib.decompress(
-      raw[4:])
+  try:
+    raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else (
+        zlib.decompress(raw[4:]))
+  except (OSError, EOFError, zlib.error) as e:
+    raise ValueError(f"{rdx}: corrupted or truncated R index ({e}).") from None
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # "assumed RDS": it is
     index = rdata.conversion.convert(rdata.parser.parse_data(raw))
@@ -125,7 +181,13 @@ def _read_rdata_object(rdx: Path, rdb: Path, name: str):
   with open(rdb, "rb") as f:
     f.seek(offset)
     chunk = f.read(length)
-  data = zlib.decompress(chunk[4:])  # 4-byte big-endian length, then zlib
+  try:
+    if len(chunk) != length:
+      raise EOFError(f"{len(chunk)} of {length} bytes at offset {offset}")
+    data = zlib.decompress(chunk[4:])  # 4-byte big-endian length, then zlib
+  except (EOFError, zlib.error) as e:
+    raise ValueError(f"{rdb}: corrupted or truncated R data for {name!r} "
+                     f"({e}).") from None
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     parsed = rdata.parser.parse_data(data, expand_altrep=True)

@@ -1,6 +1,8 @@
 """Data loaders (on small data the tests make) and benchmark plumbing."""
 
 import gzip
+import hashlib
+import io
 import json
 import struct
 import zlib
@@ -31,12 +33,59 @@ def test_read_idx_plain_and_gzip(tmp_path):
     data.read_idx(tmp_path / "short.idx")
 
 
+def test_corrupted_and_truncated_idx_files_name_the_file(tmp_path):
+  good = gzip.compress(_idx_bytes(np.arange(6, dtype=np.uint8)))
+  (tmp_path / "cut.gz").write_bytes(good[:-6])
+  with pytest.raises(ValueError, match=r"cut.gz: corrupted or truncated gzip"):
+    data.read_idx(tmp_path / "cut.gz")
+  (tmp_path / "flip.gz").write_bytes(good[:12] + bytes([good[12] ^ 0xFF])
+                                     + good[13:])
+  with pytest.raises(ValueError, match=r"flip.gz: corrupted"):
+    data.read_idx(tmp_path / "flip.gz")
+
+
+def test_download_is_https_only_checked_and_atomic(tmp_path, monkeypatch):
+  payload = _idx_bytes(np.arange(6, dtype=np.uint8))
+  good = hashlib.sha256(payload).hexdigest()
+
+  class Response(io.BytesIO):
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+  served = {"body": gzip.compress(payload)}
+  monkeypatch.setattr(data.urllib.request, "urlopen",
+                      lambda url, timeout: Response(served["body"]))
+  dest = tmp_path / "f.gz"
+  with pytest.raises(ValueError, match="plain HTTP"):
+    data.download("http://example.org/f.gz", dest, good)
+  served["body"] = gzip.compress(payload)[:-4]  # a half-written transfer
+  with pytest.raises(ValueError, match="corrupted or truncated"):
+    data.download("https://example.org/f.gz", dest, good)
+  assert not dest.exists() and not list(tmp_path.iterdir())
+  served["body"] = gzip.compress(payload + b"x")  # another file
+  with pytest.raises(ValueError, match="SHA-256"):
+    data.download("https://example.org/f.gz", dest, good)
+  assert not list(tmp_path.iterdir())
+  served["body"] = gzip.compress(payload)
+  data.download("https://example.org/f.gz", dest, good)
+  assert [p.name for p in tmp_path.iterdir()] == ["f.gz"]
+
+
 def test_fashion_mnist_from_user_path(tmp_path, monkeypatch):
   rng = np.random.default_rng(0)
   files = {"x": rng.integers(0, 256, (5, 28, 28)), "y": [0, 1, 2, 3, 9],
            "x_test": rng.integers(0, 256, (2, 28, 28)), "y_test": [4, 5]}
+  digests = {}
   for key, name in data.FASHION_FILES.items():
     (tmp_path / name).write_bytes(gzip.compress(_idx_bytes(files[key])))
+    digests[name] = hashlib.sha256(_idx_bytes(files[key])).hexdigest()
+  # The pinned digests are Fashion-MNIST's: these small files fail them...
+  with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz: SHA-256"):
+    data.fashion_mnist(tmp_path)
+  monkeypatch.setattr(data, "FASHION_SHA256", digests)  # ...and pass these.
   ds = data.fashion_mnist(tmp_path)
   assert ds.x.shape == (5, 784) and ds.x.dtype == np.float32
   assert ds.x.max() <= 1.0 and ds.y.tolist() == [0, 1, 2, 3, 9]
@@ -88,6 +137,12 @@ def test_movielens_from_r_lazy_load_db(tmp_path):
   (tmp_path / "Rdata.rdx").write_bytes(gzip.compress(raw_index))
   r = data.movielens(tmp_path / "Rdata")
   assert (r.num_users, r.num_items, len(r.user)) == (3, 7, 8)
+  (tmp_path / "Rdata.rdb").write_bytes(chunk[:-9])  # truncated
+  with pytest.raises(ValueError, match=r"Rdata.rdb: corrupted or truncated"):
+    data.movielens(tmp_path / "Rdata")
+  (tmp_path / "Rdata.rdx").write_bytes(gzip.compress(raw_index)[:-5])
+  with pytest.raises(ValueError, match=r"Rdata.rdx: corrupted or truncated"):
+    data.movielens(tmp_path / "Rdata")
   np.testing.assert_array_equal(r.timestamp, RATINGS["timestamp"])
   with pytest.raises(FileNotFoundError, match="r-cran-dslabs"):
     data.movielens(tmp_path / "Nothing")
