@@ -311,7 +311,7 @@ class Interpreter:
       return self._while(eqn, ins)
     if name == "scan":
       return self._scan(eqn, ins)
-    if name in ("reduce_window", "reduce", "reduce_precision_p"):
+    if name in ("reduce_window", "reduce"):
       return self._generic_reduce(eqn, ins)
     sub = _call_jaxpr(eqn)
     if sub is not None:  # pjit, remat, custom_jvp/vjp, shard_map, pmap, ...
@@ -567,7 +567,7 @@ def _interpret(traced: Traced, zeroed: set[int]) -> tuple[Interpreter, Val]:
   for i, var in zip(traced.param_leaves, jaxpr.invars):
     if i in zeroed:
       ins.append(Val({}, "zero"))
-    elif _is_float(var.aval):
+    elif jnp.issubdtype(var.aval.dtype, jnp.floating):
       ins.append(Val({i: Fraction(1)}, origin=i))
     else:
       ins.append(Val({}, origin=i))
@@ -591,7 +591,9 @@ def analyse(fn: Callable[..., Any], params: Any, args: tuple, kwargs: dict, *,
   traced = trace(fn, params, args, kwargs)
   keys, paths, n = traced.keys, traced.paths, len(traced.leaves)
   avals = dict(zip(traced.param_leaves, traced.jaxpr.jaxpr.invars))
-  is_float = [i in avals and _is_float(avals[i].aval) for i in range(n)]
+  # Real floating leaves only: a complex weight has no norm to freeze here.
+  is_float = [i in avals and jnp.issubdtype(avals[i].aval.dtype, jnp.floating)
+              for i in range(n)]
   shapes = [tuple(avals[i].aval.shape) if i in avals else () for i in range(n)]
   named_bias = {i for i in range(n) if is_float[i] and keys[i] and
                 keys[i][-1] == "bias"}
@@ -614,7 +616,7 @@ def analyse(fn: Callable[..., Any], params: Any, args: tuple, kwargs: dict, *,
   reasons: list[str | None] = [None] * n
   for i in range(n):
     if not is_float[i]:
-      reasons[i] = "not a floating-point array"
+      reasons[i] = "not a real floating-point array"
     elif i in zeroed:
       reasons[i] = "bias: analysed as zero (biases='ignore')"
     elif i not in interp.used and not coeff[i]:

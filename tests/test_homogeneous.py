@@ -571,3 +571,17 @@ def test_named_axis_collectives_pmap():
   mask = lo.masks.final_homogeneous(fn, p, X)
   assert _selected(mask) == ["v", "w"]
   assert lo.masks.check_homogeneous(fn, p, mask, X) == 2
+
+
+def test_every_real_float_dtype_alike_complex_and_integers_never():
+  p = {"w16": jnp.ones((5, 4), jnp.float16), "w32": jnp.ones((4, 3)),
+       "c": jnp.ones((3,), jnp.complex64), "n": jnp.ones((3,), jnp.int32)}
+
+  def fn(p, x):
+    h = jnp.maximum(x.astype(jnp.float16) @ p["w16"], 0).astype(jnp.float32)
+    return (h @ p["w32"]) * jnp.real(p["c"]) * p["n"]
+  mask = lo.masks.final_homogeneous(fn, p, X)
+  assert _selected(mask) == ["w16", "w32"]
+  text = lo.masks.explain(fn, p, X, print_fn=None)
+  assert "out  c    (3,)    not a real floating-point array" in text
+  assert lo.masks.check_homogeneous(fn, p, mask, X) == 2
