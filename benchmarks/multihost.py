@@ -1,0 +1,192 @@
+"""LAWN on JAX's multi-controller runtime: one process per host, one global mesh.
+
+Local CPU (2 processes x 4 devices = one 2x4 mesh, collectives over gloo):
+
+  python -m benchmarks.multihost launch --processes 2 --local-devices 4 -- \\
+      --method lawn --steps 12 --free-steps 5 --out /tmp/mh
+
+The same global run in one process (8 devices) for comparison:
+
+  python -m benchmarks.multihost run --local-devices 8 --method lawn --out /tmp/sp
+
+On a real cluster start ``run`` once per host with ``--coordinator auto``:
+``jax.distributed.initialize()`` then reads the cluster's environment (SLURM,
+Cloud TPU, ...).
+
+A small MLP is trained on a fixed synthetic global batch with the params and
+the optimizer state sharded FSDP-style (each kernel's output axis over
+``fsdp``, the batch over ``data``). Sharding rules of LAWN's state: per-tensor
+targets are scalars, replicated; per-unit targets ``(1, out)`` are sharded
+like the kernel's unit axis. Each process writes ``result_<pid>.npz`` (final
+params gathered to every host, the frozen norms it sees) and ``hlo.txt`` (the
+compiled update+apply), from which the tests check equality with the
+single-process run, identical norms on every host and the collectives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SIZES = (16, 64, 64, 8)
+BATCH = 32
+
+
+def _setup(args):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count="
+                             f"{args.local_devices}")
+  import jax
+  if args.num_processes > 1 or args.coordinator == "auto":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if args.coordinator == "auto":
+      jax.distributed.initialize()
+    else:
+      jax.distributed.initialize(args.coordinator,
+                                 num_processes=args.num_processes,
+                                 process_id=args.process_id)
+  return jax
+
+
+def _method(name, mask, free_steps, granularity):
+  import optax
+
+  import lawn_optax as lo
+  if name == "lawn":
+    return lo.lawn_adam(1e-2, free_steps=free_steps, mask=mask,
+                        granularity=granularity)
+  if name == "fixnorm":
+    return lo.fixnorm(optax.adam(1e-2), mask=mask, granularity=granularity)
+  if name == "wrs":
+    return lo.weight_rescaling(optax.adam(1e-2), mask=mask, period=2,
+                               granularity=granularity)
+  raise ValueError(f"unknown method {name!r}")
+
+
+def run(args) -> None:
+  jax = _setup(args)
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from jax.experimental import multihost_utils
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  import lawn_optax as lo
+
+  devices = np.array(jax.devices()).reshape(2, -1)
+  mesh = Mesh(devices, ("data", "fsdp"))
+  rng = np.random.default_rng(0)
+  host = {f"Dense_{i}": {
+      "kernel": (rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32),
+      "bias": np.zeros(b, np.float32)}
+          for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:]))}
+  x_host = rng.normal(size=(BATCH, SIZES[0])).astype(np.float32)
+  y_host = rng.integers(0, SIZES[-1], BATCH).astype(np.int32)
+
+  def spec(path, leaf):
+    return P(None, "fsdp") if leaf.ndim == 2 else P()
+
+  shardings = jax.tree_util.tree_map_with_path(
+      lambda p, v: NamedSharding(mesh, spec(p, v)), host)
+  params = jax.tree.map(
+      lambda v, s: jax.make_array_from_callback(v.shape, s, lambda i: v[i]),
+      host, shardings)
+  batch_sharding = NamedSharding(mesh, P("data"))
+  x = jax.make_array_from_callback(x_host.shape, batch_sharding,
+                                   lambda i: x_host[i])
+  y = jax.make_array_from_callback(y_host.shape, batch_sharding,
+                                   lambda i: y_host[i])
+  mask = lo.masks.kernels(host)
+  tx = _method(args.method, mask, args.free_steps, args.granularity)
+  state = jax.jit(tx.init)(params)
+
+  def loss(p, x, y):
+    h = x
+    for i in range(len(SIZES) - 1):
+      h = h @ p[f"Dense_{i}"]["kernel"] + p[f"Dense_{i}"]["bias"]
+      if i < len(SIZES) - 2:
+        h = jax.nn.relu(h)
+    return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
+
+  def update_apply(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  grad = jax.jit(jax.grad(loss))
+  step = jax.jit(update_apply, donate_argnums=(0, 1))
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  # Every process lowers (and runs) the same programs: collectives must match.
+  hlo = step.lower(params, state, grad(params, x, y)).compile().as_text()
+  if jax.process_index() == 0:
+    (out / "hlo.txt").write_text(hlo)
+  for _ in range(args.steps):
+    params, state = step(params, state, grad(params, x, y))
+  gathered = multihost_utils.process_allgather(params, tiled=True)
+  frozen = lo.frozen_norms(state)
+  frozen_host = {} if frozen is None else {
+      lo._tree.path_str(k): np.asarray(multihost_utils.process_allgather(
+          v, tiled=True))
+      for k, v in jax.tree_util.tree_flatten_with_path(
+          frozen, is_leaf=lo._tree.is_masked_node)[0]
+      if not lo._tree.is_masked_node(v)}
+  flat = {"param/" + lo._tree.path_str(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_flatten_with_path(gathered)[0]}
+  flat.update({"frozen/" + k: v for k, v in frozen_host.items()})
+  np.savez(out / f"result_{jax.process_index()}.npz", **flat)
+  print(f"process {jax.process_index()}/{jax.process_count()}: "
+        f"{jax.device_count()} devices, {args.steps} steps of {args.method}, "
+        f"loss {float(loss(params, x, y)):.6f}", flush=True)
+
+
+def launch(args, rest) -> int:
+  """Starts ``--processes`` local copies of ``run`` and waits for them."""
+  port = args.port
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "benchmarks.multihost", "run",
+       "--process-id", str(i), "--num-processes", str(args.processes),
+       "--coordinator", f"localhost:{port}",
+       "--local-devices", str(args.local_devices), *rest])
+           for i in range(args.processes)]
+  codes = [p.wait(timeout=args.timeout) for p in procs]
+  return max(codes)
+
+
+def _run_parser(p):
+  p.add_argument("--process-id", type=int, default=0)
+  p.add_argument("--num-processes", type=int, default=1)
+  p.add_argument("--coordinator", default="localhost:12355",
+                 help="host:port, or 'auto' on a cluster")
+  p.add_argument("--local-devices", type=int, default=8)
+  p.add_argument("--method", choices=["lawn", "fixnorm", "wrs"],
+                 default="lawn")
+  p.add_argument("--granularity", choices=["tensor", "unit"],
+                 default="tensor")
+  p.add_argument("--steps", type=int, default=12)
+  p.add_argument("--free-steps", type=int, default=5)
+  p.add_argument("--out", required=True)
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] == "launch":
+    rest = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    p = argparse.ArgumentParser(description="launch local processes")
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--local-devices", type=int, default=4)
+    p.add_argument("--port", type=int, default=12355)
+    p.add_argument("--timeout", type=float, default=300)
+    return launch(p.parse_args(own), rest)
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  _run_parser(p)
+  run(p.parse_args(argv[1:] if argv and argv[0] == "run" else argv))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
