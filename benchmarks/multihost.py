@@ -68,7 +68,6 @@ def _method(name, mask, free_steps, granularity):
 
 def run(args) -> None:
   jax = _setup(args)
-  import jax.numpy as jnp
   import numpy as np
   import optax
   from jax.experimental import multihost_utils
