@@ -123,8 +123,33 @@ def run(args) -> None:
   hlo = step.lower(params, state, grad(params, x, y)).compile().as_text()
   if jax.process_index() == 0:
     (out / "hlo.txt").write_text(hlo)
-  for _ in range(args.steps):
+  start = 0
+  checkpointer = None
+  if args.ckpt_dir:
+    import orbax.checkpoint as ocp
+    checkpointer = ocp.StandardCheckpointer()
+    ckpt = Path(args.ckpt_dir).resolve()
+    saved = sorted(int(d.name) for d in ckpt.glob("[0-9]*")) if (
+        ckpt.exists()) else []
+    if args.resume and saved:
+      start = saved[-1]
+      # Restore into *this* run's shardings (another process count reshards).
+      replicated = NamedSharding(mesh, P())
+      target = jax.tree.map(
+          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=(
+              a.sharding if isinstance(a.sharding, NamedSharding)
+              else replicated)), {"params": params, "state": state})
+      restored = checkpointer.restore(ckpt / str(start), target)
+      params, state = restored["params"], restored["state"]
+  for t in range(start, args.steps):
     params, state = step(params, state, grad(params, x, y))
+    if checkpointer is not None and t + 1 in args.save_at:
+      checkpointer.save(Path(args.ckpt_dir).resolve() / str(t + 1),
+                        {"params": params, "state": state})
+      checkpointer.wait_until_finished()
+    if args.kill_at == t + 1 and jax.process_index() == args.num_processes - 1:
+      import signal
+      os.kill(os.getpid(), signal.SIGKILL)  # a host dies mid-run
   gathered = multihost_utils.process_allgather(params, tiled=True)
   frozen = lo.frozen_norms(state)
   frozen_host = {} if frozen is None else {
@@ -151,8 +176,20 @@ def launch(args, rest) -> int:
        "--coordinator", f"localhost:{port}",
        "--local-devices", str(args.local_devices), *rest])
            for i in range(args.processes)]
-  codes = [p.wait(timeout=args.timeout) for p in procs]
-  return max(codes)
+  # Like a job scheduler: when one process dies, stop the others (they
+  # would wait on its collectives), and give up after --timeout seconds.
+  import time
+  deadline = time.monotonic() + args.timeout
+  while any(p.poll() is None for p in procs):
+    failed = any(p.poll() not in (None, 0) for p in procs)
+    if failed or time.monotonic() > deadline:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+      break
+    time.sleep(0.2)
+  codes = [p.wait() for p in procs]
+  return max(abs(c) for c in codes)
 
 
 def _run_parser(p):
@@ -168,6 +205,13 @@ def _run_parser(p):
   p.add_argument("--steps", type=int, default=12)
   p.add_argument("--free-steps", type=int, default=5)
   p.add_argument("--out", required=True)
+  p.add_argument("--ckpt-dir", help="orbax checkpoints of params and state")
+  p.add_argument("--save-at", type=int, nargs="*", default=[],
+                 help="steps after which to checkpoint")
+  p.add_argument("--resume", action="store_true",
+                 help="continue from the latest checkpoint in --ckpt-dir")
+  p.add_argument("--kill-at", type=int,
+                 help="the last process SIGKILLs itself after this step")
 
 
 def main(argv=None) -> int:

@@ -64,3 +64,64 @@ def test_two_processes_equal_one(tmp_path, method, granularity):
       assert size <= units, line[:200]
   if granularity == "tensor":  # sharded kernels: the norms are all-reduced
     assert "all-reduce" in hlo
+
+
+def _launch(args, port, timeout=240):
+  return subprocess.run([sys.executable, "-m", "benchmarks.multihost",
+                         "launch", "--processes", "2", "--local-devices", "4",
+                         "--port", str(port), "--", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout,
+                        check=False)
+
+
+COMMON = ["--method", "lawn", "--steps", "12", "--free-steps", "5"]
+
+
+def test_checkpoint_across_topologies_and_crash_resume(tmp_path):
+  """Checkpoints at the freeze step (5) and after it (8); restore 2 -> 1
+  processes; SIGKILL one process after step 9 and resume both from 8."""
+  full = _launch([*COMMON, "--out", str(tmp_path / "full")], _free_port())
+  assert full.returncode == 0, full.stderr[-2000:]
+  ckpt = tmp_path / "ckpt"
+  saved = _launch([*COMMON, "--out", str(tmp_path / "saved"), "--ckpt-dir",
+                   str(ckpt), "--save-at", "5", "8"], _free_port())
+  assert saved.returncode == 0, saved.stderr[-2000:]
+  assert sorted(p.name for p in ckpt.iterdir()) == ["5", "8"]
+  reference = np.load(tmp_path / "full" / "result_0.npz")
+
+  # 2 processes -> 1 process (8 devices): resharded on restore.
+  _run(["run", "--local-devices", "8", *COMMON, "--ckpt-dir", str(ckpt),
+        "--resume"], tmp_path / "one")
+  one = np.load(tmp_path / "one" / "result_0.npz")
+  for key in reference.files:
+    np.testing.assert_allclose(one[key], reference[key], rtol=1e-5, atol=1e-6,
+                               err_msg=key)
+    if key.startswith("frozen/"):  # the LAWN phase survives the round trip
+      np.testing.assert_array_equal(one[key], reference[key], err_msg=key)
+
+  # A process dies (SIGKILL) after step 9; all restart from step 8.
+  crashed_dir = tmp_path / "crash"
+  crash = _launch([*COMMON, "--out", str(crashed_dir), "--ckpt-dir",
+                   str(tmp_path / "ckpt2"), "--save-at", "5", "8",
+                   "--kill-at", "9"], _free_port())
+  assert crash.returncode != 0 and not (crashed_dir / "result_0.npz").exists()
+  resumed = _launch([*COMMON, "--out", str(tmp_path / "resumed"),
+                     "--ckpt-dir", str(tmp_path / "ckpt2"), "--resume"],
+                    _free_port())
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  for i in (0, 1):
+    got = np.load(tmp_path / "resumed" / f"result_{i}.npz")
+    for key in reference.files:  # same topology: bit for bit
+      np.testing.assert_array_equal(got[key], reference[key], err_msg=key)
+
+  # 1 process -> 2 processes: save in one, resume in two.
+  _run(["run", "--local-devices", "8", *COMMON, "--ckpt-dir",
+        str(tmp_path / "ckpt3"), "--save-at", "8"], tmp_path / "single")
+  up = _launch([*COMMON, "--out", str(tmp_path / "up"), "--ckpt-dir",
+                str(tmp_path / "ckpt3"), "--resume"], _free_port())
+  assert up.returncode == 0, up.stderr[-2000:]
+  single = np.load(tmp_path / "single" / "result_0.npz")
+  got = np.load(tmp_path / "up" / "result_0.npz")
+  for key in single.files:
+    np.testing.assert_allclose(got[key], single[key], rtol=1e-5, atol=1e-6,
+                               err_msg=key)
