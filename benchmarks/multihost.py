@@ -100,8 +100,18 @@ def run(args) -> None:
   y = jax.make_array_from_callback(y_host.shape, batch_sharding,
                                    lambda i: y_host[i])
   mask = lo.masks.kernels(host)
+  if args.bad_mask_on_last and jax.process_index() == args.num_processes - 1:
+    mask = {k: v for k, v in mask.items() if k != "Dense_2"}  # a host's bug
+  agree_on_mask(mask, host)
   tx = _method(args.method, mask, args.free_steps, args.granularity)
+  if args.nan_at is not None:
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=3)
   state = jax.jit(tx.init)(params)
+  # The last process's half of the batch is NaN at step --nan-at.
+  bad_host = x_host.copy()
+  bad_host[BATCH // 2:] = np.nan
+  x_bad = jax.make_array_from_callback(x_host.shape, batch_sharding,
+                                       lambda i: bad_host[i])
 
   def loss(p, x, y):
     h = x
@@ -142,7 +152,8 @@ def run(args) -> None:
       restored = checkpointer.restore(ckpt / str(start), target)
       params, state = restored["params"], restored["state"]
   for t in range(start, args.steps):
-    params, state = step(params, state, grad(params, x, y))
+    batch = x_bad if t == args.nan_at else x
+    params, state = step(params, state, grad(params, batch, y))
     if checkpointer is not None and t + 1 in args.save_at:
       checkpointer.save(Path(args.ckpt_dir).resolve() / str(t + 1),
                         {"params": params, "state": state})
@@ -167,6 +178,34 @@ def run(args) -> None:
         f"loss {float(loss(params, x, y)):.6f}", flush=True)
 
 
+def agree_on_mask(mask, params) -> None:
+  """Every process resolves ``mask`` against ``params``; if any fails, or
+  they select different leaves, every process raises the same error (instead
+  of one failing and the others waiting on its collectives)."""
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  import lawn_optax as lo
+  try:
+    flags, message = lo._tree.broadcast_mask(mask, params), ""
+  except (TypeError, ValueError) as e:
+    import jax
+    flags, message = [], f"process {jax.process_index()}: {e}"
+  encoded = np.frombuffer(message.encode()[:2048].ljust(2048, b"\0"),
+                          np.uint8)
+  messages = np.asarray(multihost_utils.process_allgather(encoded))
+  errors = [bytes(m).rstrip(b"\0").decode() for m in messages.reshape(
+      -1, 2048) if m.any()]
+  if errors:
+    raise ValueError("the mask does not match the params on every process: "
+                     + errors[0])
+  selected = np.asarray(flags, np.int32)
+  everyone = np.asarray(multihost_utils.process_allgather(selected))
+  if not (everyone.reshape(-1, len(selected)) == selected).all():
+    raise ValueError("the mask selects different parameters on different "
+                     "processes.")
+
+
 def launch(args, rest) -> int:
   """Starts ``--processes`` local copies of ``run`` and waits for them."""
   port = args.port
@@ -181,8 +220,9 @@ def launch(args, rest) -> int:
   import time
   deadline = time.monotonic() + args.timeout
   while any(p.poll() is None for p in procs):
-    failed = any(p.poll() not in (None, 0) for p in procs)
-    if failed or time.monotonic() > deadline:
+    if any(p.poll() not in (None, 0) for p in procs):
+      deadline = min(deadline, time.monotonic() + 5.0)  # a grace period
+    if time.monotonic() > deadline:
       for p in procs:
         if p.poll() is None:
           p.kill()
@@ -212,6 +252,11 @@ def _run_parser(p):
                  help="continue from the latest checkpoint in --ckpt-dir")
   p.add_argument("--kill-at", type=int,
                  help="the last process SIGKILLs itself after this step")
+  p.add_argument("--nan-at", type=int,
+                 help="the last process's batch shard is NaN at this step "
+                      "(the optimizer is wrapped in optax.apply_if_finite)")
+  p.add_argument("--bad-mask-on-last", action="store_true",
+                 help="the last process's mask misses a leaf")
 
 
 def main(argv=None) -> int:

@@ -125,3 +125,29 @@ def test_checkpoint_across_topologies_and_crash_resume(tmp_path):
   for key in single.files:
     np.testing.assert_allclose(got[key], single[key], rtol=1e-5, atol=1e-6,
                                err_msg=key)
+
+
+def test_nan_on_one_shard_and_a_mismatched_mask(tmp_path):
+  # A NaN in one process's shard of the batch at step 7 (after the freeze):
+  # apply_if_finite skips that step on every process alike.
+  nan = _launch([*COMMON, "--nan-at", "7", "--out", str(tmp_path / "nan")],
+                _free_port())
+  assert nan.returncode == 0, nan.stderr[-2000:]
+  clean = _launch(["--method", "lawn", "--steps", "11", "--free-steps", "5",
+                   "--nan-at", "99", "--out", str(tmp_path / "clean")],
+                  _free_port())
+  assert clean.returncode == 0, clean.stderr[-2000:]
+  ref = np.load(tmp_path / "clean" / "result_0.npz")
+  for i in (0, 1):
+    got = np.load(tmp_path / "nan" / f"result_{i}.npz")
+    for key in ref.files:
+      np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+  # One process's mask misses a leaf: every process fails at init, with the
+  # same message, instead of one failing and the other hanging.
+  bad = _launch([*COMMON, "--bad-mask-on-last", "--out", str(tmp_path / "b")],
+                _free_port(), timeout=120)
+  assert bad.returncode != 0
+  expected = ("ValueError: the mask does not match the params on every "
+              "process: process 1: mask does not match the params: params "
+              "leaf 'Dense_2/bias' has no entry")
+  assert bad.stderr.count(expected) == 2, bad.stderr[-3000:]
