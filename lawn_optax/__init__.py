@@ -17,7 +17,7 @@ from lawn_optax.curvature import (
     scale_by_hutchinson_curvature,
     scale_by_secant_curvature,
 )
-from lawn_optax.diagnostics import frozen_norms, weight_norms
+from lawn_optax.diagnostics import frozen_norms, norms, weight_norms
 from lawn_optax.fixnorm import fixnorm, fixnorm_search
 from lawn_optax.large_batch import (
     batch_size_schedule,
@@ -25,7 +25,6 @@ from lawn_optax.large_batch import (
     small_loss_weights,
 )
 from lawn_optax.lawn import lawn, lawn_adam, lawn_lamb, lawn_sgd
-from lawn_optax.numerics import norms
 from lawn_optax.projection import (
     NormConstraintState,
     TangentProjectionState,

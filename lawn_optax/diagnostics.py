@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax
@@ -81,3 +82,19 @@ def weight_norms(params: Any, mask: _tree.MaskOrFn | None = None,
   leaves = sel.flatten(params, "params")
   return sel.unflatten(
       sel.map(lambda w: leaf_norm(w, granularity, unit_axis), leaves))
+
+
+def norms(tree: Any, granularity: str = "tensor", unit_axis: int = -1) -> Any:
+  """Deprecated: :func:`weight_norms` with no mask (one norms function).
+
+  Example:
+    >>> import warnings, jax.numpy as jnp, lawn_optax as lo
+    >>> with warnings.catch_warnings():
+    ...   warnings.simplefilter("ignore")
+    ...   n = lo.norms({'w': jnp.array([[3.0, 0.0], [4.0, 1.0]])}, 'unit')
+    >>> n['w'].tolist()
+    [[5.0, 1.0]]
+  """
+  warnings.warn("lawn_optax.norms is deprecated: use weight_norms(tree, "
+                "granularity=...).", DeprecationWarning, stacklevel=2)
+  return weight_norms(tree, None, granularity, unit_axis)

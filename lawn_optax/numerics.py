@@ -58,8 +58,9 @@ def norms(tree: Any, granularity: str = "tensor", unit_axis: int = -1) -> Any:
   """Float32 norms of every leaf of ``tree`` (see :func:`leaf_norm`).
 
   Example:
-    >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> n = lo.norms({'w': jnp.array([[3.0, 0.0], [4.0, 1.0]])}, 'unit')
+    >>> import jax.numpy as jnp
+    >>> from lawn_optax import numerics
+    >>> n = numerics.norms({'w': jnp.array([[3.0, 0.0], [4.0, 1.0]])}, 'unit')
     >>> n['w'].tolist()
     [[5.0, 1.0]]
   """

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lawn_optax as lo
+from tests import helpers
 
 rng = np.random.default_rng(0)
 PARAMS = {"a": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32),
@@ -182,9 +183,7 @@ def test_batch_size_schedule_with_multisteps():
 @pytest.mark.parametrize("name", ["cblr_secant", "cblr_hutchinson", "mclr",
                                   "lars"])
 def test_curvature_methods_train_a_real_model(name):
-  from sklearn.datasets import load_digits
-  x, y = load_digits(return_X_y=True)
-  x, y = jnp.asarray(x / 16.0, jnp.float32), jnp.asarray(y)
+  x, y = helpers.digits()
   rng = np.random.default_rng(0)
   params = {"Dense_0": {"kernel": jnp.asarray(rng.normal(size=(64, 64)) / 8,
                                               jnp.float32),

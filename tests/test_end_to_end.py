@@ -9,16 +9,12 @@ from flax import linen as nn
 from flax import nnx
 
 import lawn_optax as lo
+from tests import helpers
 
 
 @pytest.fixture(scope="module")
 def digits():
-  from sklearn.datasets import load_digits
-  x, y = load_digits(return_X_y=True)
-  rng = np.random.default_rng(0)
-  order = rng.permutation(len(y))
-  x = jnp.asarray(x[order] / 16.0, jnp.float32)
-  y = jnp.asarray(y[order])
+  x, y = helpers.digits(shuffle_seed=0)
   return (x[:1400], y[:1400]), (x[1400:], y[1400:])
 
 

@@ -8,6 +8,7 @@ import pytest
 
 import lawn_optax as lo
 from benchmarks import models
+from tests import helpers
 
 rng = np.random.default_rng(0)
 X = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
@@ -168,9 +169,7 @@ def test_rescale_batch_stats_keeps_eval_outputs():
 
 
 def _digits_images():
-  from sklearn.datasets import load_digits
-  x, y = load_digits(return_X_y=True)
-  return jnp.asarray(x / 16.0, jnp.float32), jnp.asarray(y)
+  return helpers.digits()
 
 
 @pytest.mark.parametrize("method", ["fixnorm", "wrs"])

@@ -13,6 +13,7 @@ from flax import nnx
 import lawn_optax as lo
 from benchmarks import models
 from lawn_optax import _homogeneous, _tree
+from tests import helpers
 
 
 class MLP(nn.Module):
@@ -264,9 +265,7 @@ def test_nnx_module_and_nnx_optimizer():
 
 
 def test_lawn_trains_with_final_homogeneous_mask():
-  from sklearn.datasets import load_digits
-  xs, ys = load_digits(return_X_y=True)
-  xs, ys = jnp.asarray(xs / 16.0, jnp.float32), jnp.asarray(ys)
+  xs, ys = helpers.digits()
   model = MLP(norm="layer", classes=10)
   params = model.init(jax.random.key(0), xs[:2])["params"]
   fn = lambda p, x: model.apply({"params": p}, x)

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import lawn_optax as lo
+from tests import helpers
 from tests import reference as ref
 
 SHAPES = {"k1": (6, 5), "k2": (5, 3), "b": (3,)}
@@ -73,10 +74,7 @@ def test_matches_numpy_reference(opt, granularity, tangent):
 
 
 def _mlp_setup():
-  from sklearn.datasets import load_digits
-  x, y = load_digits(return_X_y=True)
-  x = jnp.asarray(x / 16.0, jnp.float32)
-  y = jnp.asarray(y)
+  x, y = helpers.digits()
   rng = np.random.default_rng(0)
   sizes = [64, 32, 32, 10]
   params = {f"Dense_{i}": {
