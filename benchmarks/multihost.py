@@ -13,7 +13,7 @@ On a real cluster start ``run`` once per host with ``--coordinator auto``:
 ``jax.distributed.initialize()`` then reads the cluster's environment (SLURM,
 Cloud TPU, ...).
 
-A small MLP is trained on a fixed synthetic global batch with the params and
+A small Flax linen MLP is trained on a fixed synthetic global batch with the params and
 the optimizer state sharded FSDP-style (each kernel's output axis over
 ``fsdp``, the batch over ``data``). Sharding rules of LAWN's state: per-tensor
 targets are scalars, replicated; per-unit targets ``(1, out)`` are sharded
@@ -78,13 +78,13 @@ def run(args) -> None:
 
   devices = np.array(jax.devices()).reshape(2, -1)
   mesh = Mesh(devices, ("data", "fsdp"))
+  from benchmarks import models
+  model = models.MLP(SIZES[1:-1], SIZES[-1])  # a Flax linen MLP
   rng = np.random.default_rng(0)
-  host = {f"Dense_{i}": {
-      "kernel": (rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32),
-      "bias": np.zeros(b, np.float32)}
-          for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:]))}
   x_host = rng.normal(size=(BATCH, SIZES[0])).astype(np.float32)
   y_host = rng.integers(0, SIZES[-1], BATCH).astype(np.int32)
+  host = jax.tree.map(np.asarray, model.init(jax.random.key(0),
+                                             x_host[:2])["params"])
 
   def spec(path, leaf):
     return P(None, "fsdp") if leaf.ndim == 2 else P()
@@ -114,12 +114,8 @@ def run(args) -> None:
                                        lambda i: bad_host[i])
 
   def loss(p, x, y):
-    h = x
-    for i in range(len(SIZES) - 1):
-      h = h @ p[f"Dense_{i}"]["kernel"] + p[f"Dense_{i}"]["bias"]
-      if i < len(SIZES) - 2:
-        h = jax.nn.relu(h)
-    return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
+    logits = model.apply({"params": p}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   def update_apply(p, s, g):
     u, s = tx.update(g, s, p)
