@@ -421,7 +421,7 @@ def test_primitives_on_the_path(ops):
 @pytest.mark.parametrize("ops", list(PATH_OPS))
 def test_primitives_cut_off_by_a_normalisation(ops):
   def fn(p, x):
-    h = PATH_OPS[ops](jnp.tanh(x @ p["w"]), x)
+    h = PATH_OPS[ops](x @ p["w"], x)  # scaled by w, then cut by the norm
     h = h / jnp.sqrt(jnp.mean(h * h, -1, keepdims=True) + 1e-6)
     return h @ p["v"]
   p = {"w": jnp.ones((5, 12)), "v": jnp.ones((12, 3))}
