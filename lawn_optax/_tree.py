@@ -122,10 +122,7 @@ def unwrap_variables(tree: Any) -> Any:
 
 
 def key_str(key: Any) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
+  return str(_raw_key(key))
 
 
 def path_str(path: Sequence[Any]) -> str:

@@ -5,6 +5,8 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
+from lawn_optax import _tree
+
 
 @functools.cache
 def digits(shuffle_seed: int | None = None):
@@ -16,3 +18,9 @@ def digits(shuffle_seed: int | None = None):
     order = np.random.default_rng(shuffle_seed).permutation(len(y))
     x, y = x[order], y[order]
   return jnp.asarray(x / 16.0, jnp.float32), jnp.asarray(y)
+
+
+def selected(mask) -> list[str]:
+  """The sorted ``"a/b"`` paths a mask selects."""
+  paths, leaves, _ = _tree.flatten_with_paths(mask)
+  return sorted(p for p, v in zip(paths, leaves) if v)

@@ -71,9 +71,7 @@ class SkipNet(nn.Module):
     return nn.Dense(2, use_bias=False)(x)
 
 
-def _selected(mask):
-  paths, leaves, _ = _tree.flatten_with_paths(mask)
-  return sorted(p for p, v in zip(paths, leaves) if v)
+_selected = helpers.selected
 
 
 def _zero_biases(params):

@@ -9,6 +9,7 @@ from flax import linen as nn
 from flax import nnx
 
 import lawn_optax as lo
+from tests import helpers
 
 
 class LinenMLP(nn.Module):
@@ -37,9 +38,7 @@ def _linen_params():
   return LinenMLP().init(jax.random.key(0), jnp.ones((1, 3)))["params"]
 
 
-def _selected(mask):
-  paths, leaves, _ = lo._tree.flatten_with_paths(mask)
-  return sorted(p for p, v in zip(paths, leaves) if v)
+_selected = helpers.selected
 
 
 def test_by_path_linen():

@@ -12,12 +12,9 @@ from flax import nnx
 
 import lawn_optax as lo
 from lawn_optax import _tree
-from tests import zoo
+from tests import helpers, zoo
 
-
-def _selected(mask):
-  paths, leaves, _ = _tree.flatten_with_paths(mask)
-  return sorted(p for p, v in zip(paths, leaves) if v)
+_selected = helpers.selected
 
 
 def _cast(tree, dtype):
