@@ -23,6 +23,9 @@ DEFAULT_OUT = Path(os.environ.get("LAWN_OPTAX_RESULTS",
 
 
 def git_commit() -> str:
+  # A copy of the tree without .git (an accelerator host) is told its commit.
+  if os.environ.get("LAWN_OPTAX_GIT_COMMIT"):
+    return os.environ["LAWN_OPTAX_GIT_COMMIT"] + " (copied tree)"
   try:
     out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                          text=True, cwd=Path(__file__).parent, check=True)

@@ -6,6 +6,8 @@
 * MovieLens ml-latest-small: a user's ``ratings.csv``, or the ``movielens``
   object inside Debian's ``r-cran-dslabs`` R data, read with ``rdata``.
 * scikit-learn's bundled ``load_digits``.
+* Jane Austen's six novels: Debian's ``r-cran-janeaustenr`` R data (or a
+  user's folder holding its ``Rdata.rdx``/``.rdb``), read with ``rdata``.
 
 Every loader returns float32 features and int32 labels as NumPy arrays.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import struct
 import urllib.request
 import zlib
@@ -43,6 +46,9 @@ FASHION_SHA256 = {
         "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 DSLABS_RDATA = "/usr/lib/R/site-library/dslabs/data/Rdata"
+AUSTEN_RDATA = "/usr/lib/R/site-library/janeaustenr/data/Rdata"
+AUSTEN_NOVELS = ("prideprejudice", "sensesensibility", "emma", "mansfieldpark",
+                 "persuasion", "northangerabbey")
 
 
 class Classification(NamedTuple):
@@ -279,3 +285,97 @@ def leave_one_out(r: Ratings, num_negatives: int = 99,
                      np.asarray(test, np.int32),
                      np.asarray(eval_users, np.int32), r.num_users,
                      r.num_items)
+
+
+# ----------------------------------------------------------------------------
+# Jane Austen's novels, for the character-level language-model benchmark.
+
+_CHAPTER = re.compile(r"^\s*(CHAPTER|Chapter)\s+[0-9IVXLC]+\.?\s*$")
+
+
+class Corpus(NamedTuple):
+  """Byte-level text splits (uint8 arrays; the vocabulary is the 256 bytes)."""
+  train: np.ndarray
+  val: np.ndarray
+  test: np.ndarray
+  source: str
+
+
+def austen_novels(path: str | os.PathLike | None = None
+                  ) -> dict[str, list[str]]:
+  """Each of the six novels as its list of lines (janeaustenr's objects)."""
+  path = Path(path) if path else Path(AUSTEN_RDATA)
+  if path.is_dir():
+    path = path / "Rdata"
+  rdx, rdb = path.with_suffix(".rdx"), path.with_suffix(".rdb")
+  if not rdx.exists() or not rdb.exists():
+    raise FileNotFoundError(
+        f"{rdx} not found: install Debian's r-cran-janeaustenr "
+        "(sudo apt install r-cran-janeaustenr) or pass the folder holding "
+        "its Rdata.rdx and Rdata.rdb.")
+  return {n: [str(line) for line in _read_rdata_object(rdx, rdb, n)]
+          for n in AUSTEN_NOVELS}
+
+
+def paragraphs(lines: list[str]) -> str:
+  """Undo the line wrapping: a paragraph's lines joined by spaces, one
+  paragraph per line."""
+  out, cur = [], []
+  for line in lines:
+    if line.strip():
+      cur.append(line.strip())
+    elif cur:
+      out.append(" ".join(cur))
+      cur = []
+  if cur:
+    out.append(" ".join(cur))
+  return "\n".join(out) + "\n"
+
+
+def chapters(lines: list[str]) -> list[list[str]]:
+  """A novel's chapters (heading line included); front matter dropped."""
+  starts = [i for i, line in enumerate(lines) if _CHAPTER.match(line)]
+  if not starts:
+    raise ValueError("no chapter headings ('CHAPTER I', 'Chapter 1', ...) "
+                     "found")
+  return [lines[a:b] for a, b in zip(starts, [*starts[1:], len(lines)])]
+
+
+def text_corpus(novels: dict[str, list[str]],
+                train_novels: tuple[str, ...] = AUSTEN_NOVELS[:4],
+                heldout_novels: tuple[str, ...] = AUSTEN_NOVELS[4:],
+                max_train_chars: int | None = None,
+                source: str = "") -> Corpus:
+  """Train on whole novels; validate and test on alternate chapters of the
+  held-out ones (even chapters -> validation, odd -> test), so validation
+  and test are the same kind of unseen text and never overlap training.
+
+  ``max_train_chars`` keeps the start of the training stream (a small
+  corpus reaches the over-fitting regime in a few epochs)."""
+  overlap = set(train_novels) & set(heldout_novels)
+  if overlap:
+    raise ValueError(f"novels {sorted(overlap)} are in train and held out")
+  missing = [n for n in (*train_novels, *heldout_novels) if n not in novels]
+  if missing:
+    raise KeyError(f"novels {missing} not in the corpus (has "
+                   f"{sorted(novels)})")
+  train = "".join(paragraphs(novels[n]) for n in train_novels)
+  if max_train_chars:
+    train = train[:max_train_chars]
+  val, test = [], []
+  for n in heldout_novels:
+    for i, ch in enumerate(chapters(novels[n])):
+      (val if i % 2 == 0 else test).append(paragraphs(ch))
+  enc = lambda s: np.frombuffer(s.encode("utf-8"), np.uint8).copy()
+  return Corpus(enc(train), enc("".join(val)), enc("".join(test)), source)
+
+
+def austen(path: str | os.PathLike | None = None,
+           max_train_chars: int | None = None, **kwargs) -> Corpus:
+  """Jane Austen's novels as a byte-level corpus (see :func:`text_corpus`):
+  train on Pride and Prejudice, Sense and Sensibility, Emma and Mansfield
+  Park; validate/test on alternate chapters of Persuasion and Northanger
+  Abbey."""
+  source = str(path or AUSTEN_RDATA)
+  return text_corpus(austen_novels(path), max_train_chars=max_train_chars,
+                     source=f"janeaustenr R data at {source}", **kwargs)

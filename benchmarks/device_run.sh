@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The accelerator session behind the committed GPU results: every job in
+# turn, each under its own time limit, results packed after each one (so a
+# job that runs out of time loses only itself). Run from the repository
+# root with the datasets under .gpudata/ (fashion/, dslabs/, austen/) and
+# $OUT set; on the project's lent machine the wheels in .whl/ pin flax/optax.
+set -u
+R=$OUT/results; mkdir -p "$R"
+export PYTHONUNBUFFERED=1
+pack() { tar czf "$OUT/results.tgz" -C "$OUT" results; }
+job() {  # job NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$R/log_$name.txt" 2>&1
+  echo "$name: rc $? in $((SECONDS - t0)) s" | tee -a "$R/jobs.txt"
+  tail -3 "$R/log_$name.txt"
+  pack
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$R/device.txt" 2>&1
+python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())" >> "$R/device.txt" 2>&1
+cat "$R/device.txt"
+job lm 230 python3 -m benchmarks.language_model --full --data .gpudata/austen --out "$R"
+job fashion 80 python3 -m benchmarks.generalization --preset fashion --data .gpudata/fashion --out "$R"
+job mnist1d 150 python3 -m benchmarks.generalization --full --out "$R"
+job movielens 45 python3 -m benchmarks.generalization --preset movielens --data .gpudata/dslabs/Rdata --out "$R"
+job overhead 60 python3 -m benchmarks.overhead --full --repeats 10 --out "$R" --tag _gpu
+cat "$R/jobs.txt"

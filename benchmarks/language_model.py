@@ -1,0 +1,425 @@
+"""LAWN for a character-level transformer LM, against today's logit fixes.
+
+    python -m benchmarks.language_model            # --quick: ~3 min on 2 CPU cores
+    python -m benchmarks.language_model --cpu      # the CPU-sized comparison
+    python -m benchmarks.language_model --full     # sized for one GPU
+
+A small pre-LN GPT (``benchmarks.models.gpt``, flax.nnx, untied head) learns
+Jane Austen byte by byte (``benchmarks.data.austen``: train on the start of
+four novels, validate/test on alternate chapters of the other two). The
+training corpus is small on purpose: several epochs over it reach the regime
+LAWN is for, where the train loss keeps falling, validation turns up and the
+logits grow.
+
+Methods (all Adam-based, warmup + cosine, the same token budget at every batch
+size; :mod:`benchmarks.protocol` for tuning, selection and intervals):
+``adam``; ``adamw`` (decoupled decay on matrices); ``adam+zloss`` (PaLM's
+``coef * logsumexp^2``); ``adam+softcap`` (Gemma 2's ``c * tanh(z / c)``);
+``lawn-adam`` (LAWN on the mask ``masks.final_homogeneous`` finds: the final
+norm and the head); ``lawn-adamw`` (decay on the unconstrained matrices
+only). Every method and configuration of one batch size trains in one
+vmapped program. Metrics are bits per character (bpc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import lawn_optax as lo
+from benchmarks import common, data, models, protocol
+from benchmarks.protocol import MethodGrid
+
+VOCAB = 256
+LN2 = math.log(2.0)
+
+
+def method_grids(lrs: tuple[float, ...]) -> dict[str, MethodGrid]:
+  """Each method: the learning rates x its own second axis (equal budgets)."""
+  lm = {"b2": 0.95}   # the LM convention; Adam alone tunes it
+  return {
+      "adam": MethodGrid(lrs, "b2", (0.95, 0.99)),
+      "adamw": MethodGrid(lrs, "wd", (0.1, 1.0), lm),
+      "adam+zloss": MethodGrid(lrs, "zloss", (1e-4, 1e-3), lm),
+      "adam+softcap": MethodGrid(lrs, "softcap", (10.0, 30.0), lm),
+      "lawn-adam": MethodGrid(lrs, "free_frac", (0.25, 0.5),
+                              {**lm, "lawn": 1.0}),
+      "lawn-adamw": MethodGrid(lrs, "wd", (0.1, 1.0),
+                               {**lm, "lawn": 1.0, "free_frac": 0.5,
+                                "decay_constrained": 0.0}),
+  }
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # One seed, Adam vs LAWN-Adam, a tiny model: the smoke test of the study.
+    "quick": dict(d=32, depth=1, heads=2, seq=32, train_chars=20_000,
+                  epochs=12, batch_sizes=[8, 64], methods=["adam", "lawn-adam"],
+                  lrs=protocol.log_grid(3e-4, 3e-2, 6), selection_seeds=[100],
+                  report_seeds=[0], eval_chars=20_000, logs=12),
+    # The comparison sized for this project's 2-core CPU (~3 CPU-hours).
+    "cpu": dict(d=64, depth=2, heads=4, seq=64, train_chars=100_000, epochs=20,
+                batch_sizes=[8, 64], methods=list(method_grids(())),
+                lrs=protocol.log_grid(1e-4, 1e-2, 6),
+                selection_seeds=[100, 101], report_seeds=[0, 1, 2],
+                eval_chars=100_000, logs=20),
+    # One GPU (~4 min on an H200): a wider, deeper model on 4x the text;
+    # one selection seed keeps the 72 vmapped runs of a batch size in memory.
+    "full": dict(d=128, depth=4, heads=4, seq=128, train_chars=400_000,
+                 epochs=10, batch_sizes=[8, 64], methods=list(method_grids(())),
+                 lrs=protocol.log_grid(1e-4, 1e-2, 6),
+                 selection_seeds=[100], report_seeds=[0, 1, 2],
+                 eval_chars=None, logs=25),
+}
+
+
+# ----------------------------------------------------------------------------
+# Model, loss, metrics.
+
+
+def build_model(cfg: dict[str, Any], seed: int = 0):
+  from flax import nnx
+  return models.gpt(VOCAB, cfg["d"], cfg["depth"], cfg["heads"], cfg["seq"],
+                    rngs=nnx.Rngs(seed))
+
+
+def windows(stream: np.ndarray, seq: int, max_chars: int | None = None
+            ) -> np.ndarray:
+  """Non-overlapping windows of ``seq + 1`` bytes (inputs and targets)."""
+  s = stream[:max_chars] if max_chars else stream
+  n = (len(s) - 1) // seq
+  if n < 1:
+    raise ValueError(f"text of {len(s)} bytes is shorter than one window of "
+                     f"{seq + 1}")
+  idx = np.arange(n)[:, None] * seq + np.arange(seq + 1)[None]
+  return s[idx].astype(np.int32)
+
+
+def output_logits(logits: jax.Array, hp: dict[str, jax.Array]) -> jax.Array:
+  """Soft-capped when ``hp["softcap"] > 0`` (Gemma 2), unchanged otherwise."""
+  c = hp["softcap"]
+  safe = jnp.where(c > 0, c, 1.0)   # no 0/0 in the branch that is not taken
+  return jnp.where(c > 0, safe * jnp.tanh(logits / safe), logits)
+
+
+def token_losses(logits: jax.Array, targets: jax.Array):
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+  return lse - picked, lse
+
+
+def _norm(tree: Any) -> jax.Array:
+  return optax.tree.norm(tree)
+
+
+class Study:
+  """Everything one batch size's programs need: data on device, the model's
+  graph, the LAWN mask, the step count."""
+
+  def __init__(self, corpus: data.Corpus, cfg: dict[str, Any], batch: int):
+    from flax import nnx
+    self.cfg, self.batch, self.seq = cfg, batch, cfg["seq"]
+    self.train = jnp.asarray(corpus.train, jnp.int32)
+    if len(corpus.train) <= self.seq + 1:
+      raise ValueError("training text shorter than one window")
+    self.val = jnp.asarray(windows(corpus.val, self.seq, cfg["eval_chars"]))
+    self.test = jnp.asarray(windows(corpus.test, self.seq, cfg["eval_chars"]))
+    self.probe = self.val[: min(32, len(self.val))]
+    tokens = cfg["epochs"] * len(corpus.train)
+    self.steps = max(1, tokens // (batch * self.seq))
+    self.log_every = max(1, self.steps // cfg["logs"])
+    self.steps = self.log_every * (self.steps // self.log_every)
+    model = build_model(cfg)
+    # Plain nested dicts of arrays (nnx.State's Variables would not line up
+    # with the masks' bools); nnx.merge accepts them back.
+    self.graphdef, state = nnx.split(model, nnx.Param)
+    params = state.to_pure_dict()
+    self.mask = lo.masks.final_homogeneous(
+        model, self.probe[:1, :-1]).to_pure_dict()
+    self.num_params = int(sum(x.size for x in jax.tree.leaves(params)))
+    # Decoupled decay on matrices only (embeddings, kernels), nanoGPT-style.
+    self.decay_mask = jax.tree.map(lambda x: x.ndim >= 2, params)
+    self.schedule = protocol.warmup_cosine(self.steps,
+                                           schedule=cfg.get("schedule",
+                                                            "cosine"))
+
+  def init(self, seed: int):
+    from flax import nnx
+    return nnx.split(build_model(self.cfg, seed), nnx.Param)[1].to_pure_dict()
+
+  def logits(self, params, tokens, hp):
+    from flax import nnx
+    raw = nnx.merge(self.graphdef, params)(tokens)
+    return output_logits(raw.astype(jnp.float32), hp)
+
+  def loss(self, params, batch, hp):
+    ce, lse = token_losses(self.logits(params, batch[:, :-1], hp),
+                           batch[:, 1:])
+    return ce.mean() + hp["zloss"] * jnp.mean(lse ** 2), ce.mean()
+
+  def bpc(self, params, wins, hp, chunk: int = 64):
+    pad = (-len(wins)) % chunk
+    padded = jnp.concatenate([wins, jnp.zeros((pad, wins.shape[1]),
+                                              wins.dtype)])
+    weights = jnp.concatenate([jnp.ones(len(wins)), jnp.zeros(pad)])
+
+    def one(args):
+      w, m = args
+      ce, _ = token_losses(self.logits(params, w[:, :-1], hp), w[:, 1:])
+      return jnp.sum(ce.mean(-1) * m)
+
+    total = jax.lax.map(one, (padded.reshape(-1, chunk, wins.shape[1]),
+                              weights.reshape(-1, chunk))).sum()
+    return total / len(wins) / LN2
+
+  def diagnostics(self, params, hp):
+    z = self.logits(params, self.probe[:, :-1], hp)
+    ce, _ = token_losses(z, self.probe[:, 1:])
+    return {"val_probe_bpc": ce.mean() / LN2,
+            "max_abs_logit": jnp.max(jnp.abs(z)),
+            "mean_logit_norm": jnp.mean(jnp.linalg.norm(z, axis=-1)),
+            "head_norm": _norm(params["head"]),
+            "final_norm_scale_norm": _norm(params["final_norm"]["scale"])}
+
+  def train_one(self, hp, params, seed):
+    tx = protocol.build_optimizer("adam", hp, self.mask, self.decay_mask,
+                                  self.steps, self.schedule)
+    state = tx.init(params)
+    key = jax.random.key(seed)
+    offsets = jnp.arange(self.seq + 1)
+    hi = self.train.shape[0] - self.seq - 1
+
+    def step(carry, i):
+      params, state = carry
+      starts = jax.random.randint(jax.random.fold_in(key, i), (self.batch,),
+                                  0, hi)
+      batch = self.train[starts[:, None] + offsets[None]]
+      (_, ce), g = jax.value_and_grad(self.loss, has_aux=True)(params, batch,
+                                                                hp)
+      u, state = tx.update(g, state, params)
+      return (optax.apply_updates(params, u), state), ce
+
+    def chunk(carry, j):
+      carry, ce = jax.lax.scan(step, carry,
+                               j * self.log_every + jnp.arange(self.log_every))
+      return carry, {"train_bpc": ce.mean() / LN2,
+                     **self.diagnostics(carry[0], hp)}
+
+    (params, _), logs = jax.lax.scan(chunk, (params, state),
+                                     jnp.arange(self.steps // self.log_every))
+    final = {"val_bpc": self.bpc(params, self.val, hp),
+             "test_bpc": self.bpc(params, self.test, hp)}
+    return final, logs
+
+  @functools.cached_property
+  def program(self):
+    return jax.jit(jax.vmap(self.train_one))
+
+  def run_many(self, runs: list[protocol.Run]) -> list[dict[str, Any]]:
+    self.width = protocol.pad_width(self.width, len(runs))
+    n_real = len(runs)
+    runs = protocol.pad_runs(runs, self.width)
+    hps = protocol.stack_hps([r.config for r in runs])
+    inits = {s: self.init(s) for s in sorted({r.seed for r in runs})}
+    params = jax.tree.map(lambda *xs: jnp.stack(xs),
+                          *[inits[r.seed] for r in runs])
+    t0 = time.perf_counter()
+    final, logs = jax.block_until_ready(
+        self.program(hps, params, jnp.asarray([r.seed for r in runs])))
+    self.seconds.append(time.perf_counter() - t0)
+    final, logs = jax.tree.map(np.asarray, (final, logs))
+    out = []
+    for i in range(n_real):
+      curves = {k: v[i].tolist() for k, v in logs.items()}
+      best = int(np.argmin(curves["val_probe_bpc"]))
+      out.append({**{k: float(v[i]) for k, v in final.items()},
+                  "final_train_bpc": curves["train_bpc"][-1],
+                  "final_max_abs_logit": curves["max_abs_logit"][-1],
+                  "min_val_probe_bpc": curves["val_probe_bpc"][best],
+                  "step_of_min_val_probe": (best + 1) * self.log_every,
+                  "curves": curves})
+    return out
+
+  seconds: list[float]
+  width: int | None = None
+
+
+def compare(cells: dict[str, Any], metric: str = "test_bpc"
+            ) -> list[dict[str, Any]]:
+  """Paired differences (over report seeds) of every method against Adam and
+  of LAWN-Adam against every other method. Lower bpc is better."""
+  rows = []
+  pairs = [(m, "adam") for m in cells if m != "adam"]
+  pairs += [("lawn-adam", m) for m in cells if m not in ("adam", "lawn-adam")]
+  for a, b in pairs:
+    if a in cells and b in cells and len(cells[a][metric]) > 1:
+      rows.append({"a": a, "b": b,
+                   **protocol.paired_interval(cells[a][metric],
+                                              cells[b][metric])})
+  return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+  lines = ["| method | " + " | ".join(
+      f"B={b['batch_size']}: test bpc | train bpc | max logit"
+      for b in results["batches"]) + " |",
+           "|---|" + "---|---|---|" * len(results["batches"])]
+  methods = list(results["batches"][0]["cells"])
+  for m in methods:
+    row = []
+    for b in results["batches"]:
+      c = b["cells"][m]
+      mean, std = protocol.summarize(c["test_bpc"])
+      train = np.mean([r["final_train_bpc"] for r in c["report_runs"]])
+      logit = np.mean([r["final_max_abs_logit"] for r in c["report_runs"]])
+      row += [f"{mean:.3f} ± {std:.3f}", f"{train:.3f}", f"{logit:.1f}"]
+    lines.append(f"| {m} | " + " | ".join(row) + " |")
+  lines += ["", "| comparison | " + " | ".join(
+      f"B={b['batch_size']}: Δ test bpc [95% CI] | reading"
+      for b in results["batches"]) + " |",
+            "|---|" + "---|---|" * len(results["batches"])]
+  keys = [(r["a"], r["b"]) for r in results["batches"][0]["comparisons"]]
+  for a, bname in keys:
+    row = []
+    for b in results["batches"]:
+      r = next(x for x in b["comparisons"] if (x["a"], x["b"]) == (a, bname))
+      reading = {"lower": f"{a} better", "higher": f"{a} worse"}.get(
+          r["verdict"], r["verdict"])
+      row += [f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]",
+              reading]
+    lines.append(f"| {a} − {bname} | " + " | ".join(row) + " |")
+  seeds = results["batches"][0]["cells"][methods[0]]["report_seeds"]
+  lines += ["", f"Test bits per character (lower is better), mean ± std over "
+            f"report seeds {seeds}; train bpc and max |logit| at the end of "
+            f"training (mean over those seeds). {protocol.PROTOCOL_TEXT}"]
+  return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], prefix: str) -> list[str]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  keys = [("train_bpc", "train bpc"), ("val_probe_bpc", "validation bpc"),
+          ("max_abs_logit", "max |logit|"),
+          ("mean_logit_norm", "mean logit norm"),
+          ("head_norm", "head kernel norm"),
+          ("final_norm_scale_norm", "final norm scale norm")]
+  out = []
+  for b in results["batches"]:
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for i, (m, c) in enumerate(b["cells"].items()):
+      curves = np.array([[r["curves"][k] for k, _ in keys]
+                         for r in c["report_runs"]]).mean(0)
+      x = b["log_every"] * np.arange(1, curves.shape[1] + 1)
+      for ax, y, (_, title) in zip(axes.flat, curves, keys):
+        ax.plot(x, y, color=f"C{i}", label=m,
+                ls="-" if m.startswith("lawn") else "--")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"Austen char-LM, batch {b['batch_size']} x "
+                 f"{results['config']['seq']}: selected configurations, "
+                 "mean over report seeds")
+    fig.tight_layout()
+    out.append(f"{prefix}_B{b['batch_size']}_curves.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  methods = list(results["batches"][0]["cells"])
+  for i, m in enumerate(methods):
+    bs = [b["batch_size"] for b in results["batches"]]
+    ms = [protocol.summarize(b["cells"][m]["test_bpc"]) for b in
+          results["batches"]]
+    ax.errorbar(bs, [v[0] for v in ms], [v[1] for v in ms], marker="o",
+                capsize=3, color=f"C{i}", label=m,
+                ls="-" if m.startswith("lawn") else "--")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("batch size (sequences)")
+  ax.set_ylabel("test bpc")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  out.append(f"{prefix}_test_vs_batch.png")
+  fig.savefig(out[-1], dpi=110)
+  plt.close(fig)
+  return out
+
+
+def run(cfg: dict[str, Any], corpus: data.Corpus, log=print) -> dict[str, Any]:
+  grids = {m: g for m, g in method_grids(tuple(cfg["lrs"])).items()
+           if m in cfg["methods"]}
+  unknown = set(cfg["methods"]) - set(grids)
+  if unknown:
+    raise ValueError(f"unknown methods {sorted(unknown)}; choose from "
+                     f"{sorted(method_grids(()))}")
+  batches = []
+  for batch in cfg["batch_sizes"]:
+    study = Study(corpus, cfg, batch)
+    study.seconds = []
+    log(f"batch {batch}: {study.steps} steps, {study.num_params} params")
+    cells = protocol.tune_and_report(
+        grids, study.run_many, "val_bpc", ["val_bpc", "test_bpc"],
+        cfg["selection_seeds"], cfg["report_seeds"], higher_is_better=False,
+        max_extensions=cfg.get("max_extensions", 2), log=log)
+    batches.append({"batch_size": batch, "steps": study.steps,
+                    "log_every": study.log_every,
+                    "tokens": study.steps * batch * study.seq,
+                    "cells": cells, "comparisons": compare(cells),
+                    "seconds": study.seconds,
+                    "runs": sum(len(c["report_runs"]) + c["num_configs"] *
+                                len(cfg["selection_seeds"])
+                                for c in cells.values())})
+    log(f"  trained in {sum(study.seconds):.0f} s")
+  mask = lo.masks.explain(build_model(cfg), study.probe[:1, :-1])
+  return {"benchmark": "language_model", "config": cfg,
+          "num_params": study.num_params,
+          "corpus": {"source": corpus.source, "train_bytes": len(corpus.train),
+                     "val_bytes": len(corpus.val),
+                     "test_bytes": len(corpus.test),
+                     "split": "train: start of Pride and Prejudice, Sense and "
+                              "Sensibility, Emma, Mansfield Park (in that "
+                              "order, cut to train_chars); validation: even "
+                              "chapters of Persuasion and Northanger Abbey; "
+                              "test: their odd chapters"},
+          "lawn_mask": str(mask), "schedule": cfg.get("schedule", "cosine"),
+          "batches": batches, "environment": common.environment()}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  mode = p.add_mutually_exclusive_group()
+  mode.add_argument("--quick", action="store_true", help="default")
+  mode.add_argument("--cpu", action="store_true")
+  mode.add_argument("--full", action="store_true")
+  p.add_argument("--data", help="folder of janeaustenr's Rdata.rdx/.rdb")
+  p.add_argument("--schedule", choices=["cosine", "constant"],
+                 default="cosine")
+  p.add_argument("--out", default=str(common.DEFAULT_OUT))
+  p.add_argument("--tag", default="")
+  args = p.parse_args(argv)
+  mode = "full" if args.full else "cpu" if args.cpu else "quick"
+  cfg = {**PRESETS[mode], "mode": mode, "schedule": args.schedule}
+  corpus = data.austen(args.data, max_train_chars=cfg["train_chars"])
+  t0 = time.perf_counter()
+  results = run(cfg, corpus)
+  results["seconds_total"] = time.perf_counter() - t0
+  out_dir = Path(args.out)
+  name = f"language_model_{mode}{args.tag}"
+  path = common.write_json(name, results, out_dir)
+  table = markdown(results)
+  (out_dir / f"{name}.md").write_text(table + "\n")
+  pngs = plot(results, str(out_dir / name))
+  print(table)
+  print(f"\nwrote {path}, {', '.join(pngs)} in {results['seconds_total']:.0f} s")
+  return results
+
+
+if __name__ == "__main__":
+  main()
