@@ -13,30 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 
-import lawn_optax as lo
-from benchmarks import common, generalization
-
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365,
-        8: 2.306, 9: 2.262}
+from benchmarks import common, generalization, protocol
 
 
-def paired_interval(a, b) -> tuple[float, float, float]:
-  """Mean of a - b and its 95% t-interval (pairs by position)."""
-  d = np.asarray(a) - np.asarray(b)
-  half = T975[len(d) - 1] * d.std(ddof=1) / np.sqrt(len(d))
-  return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
-
-
-def spec(retraction: str, lr: float, free_frac: float):
-  def build(hp, mask, total):
-    del hp
-    free = jnp.round(free_frac * total).astype(jnp.int32)
-    return lo.lawn(generalization._base("adam", lr), free_steps=free,
-                   mask=mask, retraction=retraction)
-  return generalization.OptSpec({"lr": [lr]}, build)
+def spec(lr: float, free_frac: float) -> generalization.OptSpec:
+  return generalization.OptSpec("adam", {"lr": [lr], "free_frac": [free_frac],
+                                         "lawn": [1.0]})
 
 
 def main(argv=None):
@@ -46,16 +30,18 @@ def main(argv=None):
   ap.add_argument("--epochs", type=int, default=100)
   ap.add_argument("--lr", type=float, default=3e-3)
   ap.add_argument("--free-frac", type=float, default=0.2)
+  ap.add_argument("--schedule", choices=["cosine", "constant"],
+                  default="constant", help="constant: as the committed run")
   ap.add_argument("--out", default=str(common.DEFAULT_OUT))
   args = ap.parse_args(argv)
   task = generalization.make_task("mnist1d", (128, 128))
   rows = []
   for batch in args.batch_sizes:
     cells = {mode: generalization.run_cell(
-        task, spec(mode, args.lr, args.free_frac), batch, args.epochs,
-        args.seeds) for mode in ("exact", "lazy")}
-    mean, lo_, hi = paired_interval(cells["lazy"]["test"],
-                                    cells["exact"]["test"])
+        task, spec(args.lr, args.free_frac), batch, args.epochs, args.seeds,
+        args.schedule, retraction=mode) for mode in ("exact", "lazy")}
+    d = protocol.paired_interval(cells["lazy"]["test"], cells["exact"]["test"])
+    mean, lo_, hi = d["mean"], d["low"], d["high"]
     rows.append({"batch_size": batch, "exact": cells["exact"]["test"],
                  "lazy": cells["lazy"]["test"],
                  "diff_mean": mean, "diff_ci95": [lo_, hi],
@@ -69,6 +55,7 @@ def main(argv=None):
   payload = {"environment": common.environment(), "task": "mnist1d MLP 2x128",
              "optimizer": "lawn-adam", "lr": args.lr,
              "free_frac": args.free_frac, "epochs": args.epochs,
+             "schedule": args.schedule,
              "seeds": args.seeds, "rows": rows}
   path = common.write_json("retraction_mnist1d", payload, Path(args.out))
   print(f"wrote {path}")

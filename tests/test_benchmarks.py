@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from benchmarks import data, generalization, overhead
+from benchmarks import data, generalization, overhead, protocol
 
 
 def _idx_bytes(arr):
@@ -158,26 +158,45 @@ def test_mnist1d_and_digits_generate_offline():
 
 def test_generalization_cell_and_report(tmp_path):
   task = generalization.make_task("digits", (16,), max_train=256)
-  specs = generalization.optimizer_specs(
-      ["adam", "lawn-adam"], lr_grid={"adam": [1e-2]}, free_grid=[0.5])
-  results = {"dataset": "digits", "metric": "accuracy", "seeds": [0, 1],
-             "cells": {n: [generalization.run_cell(task, specs[n], 64, 3,
-                                                   [0, 1])] for n in specs}}
-  cell = results["cells"]["lawn-adam"][0]
+  spec = generalization.OptSpec("adam", {"lr": [1e-2], "free_frac": [0.5],
+                                         "lawn": [1.0]})
+  cell = generalization.run_cell(task, spec, 64, 3, [0, 1])
   assert cell["steps"] == 3 * (256 // 64)
-  assert cell["selected"] == {"lr": 0.01, "free_frac": 0.5}
+  assert cell["selected"] == {"lr": 0.01, "free_frac": 0.5, "lawn": 1.0}
   assert len(cell["test"]) == 2 and 0.0 <= cell["test_mean"] <= 1.0
   assert len(cell["curves_selected"]["head_norm"]) == 3
   # The head norm is frozen after the switch (epoch 2 of 3 at free_frac 0.5).
   h = cell["curves_selected"]["head_norm"]
   assert h[1] == pytest.approx(h[2], rel=1e-5)
+  assert h[0] != pytest.approx(h[1], rel=1e-3)
+
+
+def test_generalization_protocol_end_to_end(tmp_path):
+  """The main job's path on a tiny task: budgets, extensions, intervals,
+  table, plots, JSON, and the audit's requirements."""
+  task = generalization.make_task("digits", (16,), max_train=256)
+  lrs = {"adam": protocol.log_grid(1e-3, 3e-2, 6)}
+  cells, comps, secs = generalization.protocol_cells(
+      task, ["adam", "lawn-adam"], 64, 2, [7], [0, 1], max_extensions=1,
+      lr_grids=lrs, log=lambda _: None)
+  assert secs > 0
+  for n, c in cells.items():
+    assert c["num_configs"] == 12 + 2 * len(c["extensions"])
+    assert len(set(c["grid"]["lr"])) >= 6
+    assert c["selected"]["lr"] in c["grid"]["lr"]
+    assert len(c["test"]) == 2 and len(c["final_train_loss"]) == 2
+  # Equal budgets, extensions included.
+  assert len({c["num_configs"] for c in cells.values()}) == 1
+  assert [(c["a"], c["b"]) for c in comps] == [("lawn-adam", "adam")]
+  d = np.subtract(cells["lawn-adam"]["test"], cells["adam"]["test"])
+  assert comps[0]["mean"] == pytest.approx(d.mean())
+  results = {"dataset": "digits", "metric": "accuracy", "seeds": [0, 1],
+             "selection_seeds": [7], "schedule": "cosine", "epochs": 2,
+             "cells": {n: [c] for n, c in cells.items()}, "comparisons": comps}
   table = generalization.markdown_table(results, "accuracy")
-  assert "| lawn-adam vs adam | 64 |" in table
+  assert "| lawn-adam − adam |" in table and "(L " in table
   pngs = generalization.plot(results, str(tmp_path / "g"))
   assert all((tmp_path / p.split("/")[-1]).stat().st_size > 1000 for p in pngs)
-  # LAWN-only runs (ablations without their base) plot too.
-  lawn_only = dict(results, cells={"lawn-adam": results["cells"]["lawn-adam"]})
-  assert len(generalization.plot(lawn_only, str(tmp_path / "h"))) == 2
   json.dumps(results)  # serialisable
 
 

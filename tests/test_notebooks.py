@@ -10,8 +10,9 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_the_three_notebooks_exist():
-  assert [p.name for p in NOTEBOOKS] == ["large_batch.ipynb",
+def test_the_four_notebooks_exist():
+  assert [p.name for p in NOTEBOOKS] == ["language_model.ipynb",
+                                         "large_batch.ipynb",
                                          "methods_tour.ipynb",
                                          "quickstart.ipynb"]
 
