@@ -485,6 +485,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                         optimizers=["adam", "adamw", "lawn-adam"],
                         batch_sizes=[256, 8192], epochs=15, hidden=(128,),
                         selection_seeds=[100]),
+    # MovieLens on this project's 2-core CPU (~15 min).
+    "movielens-cpu": dict(dataset="movielens",
+                          optimizers=["adam", "adamw", "lawn-adam"],
+                          batch_sizes=[256, 4096], epochs=20, hidden=(),
+                          selection_seeds=[100]),
     "movielens": dict(dataset="movielens", optimizers=ADAM_FAMILY + [
         "sgdm", "sgdm-wd", "lawn-sgdm"], batch_sizes=[256, 4096], epochs=40,
                       hidden=()),
