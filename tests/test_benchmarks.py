@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from benchmarks import data, generalization, overhead, protocol
+from benchmarks import common, data, generalization, overhead, protocol
 
 
 def _idx_bytes(arr):
@@ -180,7 +180,7 @@ def test_generalization_protocol_end_to_end(tmp_path):
       task, ["adam", "lawn-adam"], 64, 2, [7], [0, 1], max_extensions=1,
       lr_grids=lrs, log=lambda _: None)
   assert secs > 0
-  for n, c in cells.items():
+  for c in cells.values():
     assert c["num_configs"] == 12 + 2 * len(c["extensions"])
     assert len(set(c["grid"]["lr"])) >= 6
     assert c["selected"]["lr"] in c["grid"]["lr"]
@@ -240,3 +240,29 @@ def test_readme_generated_sections_match_the_json():
   text = report.README.read_text()
   assert report.render_readme(text) == text, (
       "README is out of date: run python -m benchmarks.report")
+
+
+def test_committed_results_follow_the_protocol():
+  """What ../shared/tools/audit_results.py checks, on the committed JSON:
+  >= 6 learning rates with the choice inside, equal budgets, >= 5 report
+  seeds disjoint from the selection seeds, a schedule, paired intervals."""
+  from benchmarks import report
+  paths = sorted(common.RESULTS.glob("generalization_*.json"))
+  assert paths
+  for path in paths:
+    r = json.loads(path.read_text())
+    assert r["schedule"] == "cosine" and len(r["seeds"]) >= 5
+    assert not set(r["seeds"]) & set(r["selection_seeds"])
+    budgets: dict[int, set[int]] = {}   # batch size -> configurations
+    for cs in r["cells"].values():
+      for c in cs:
+        budgets.setdefault(c["batch_size"], set()).add(c["num_configs"])
+    assert all(len(b) == 1 for b in budgets.values()), (path, budgets)
+    for cs in r["cells"].values():
+      for c in cs:
+        lrs = sorted(set(c["grid"]["lr"]))
+        assert len(lrs) >= 6 and lrs[0] < c["selected"]["lr"] < lrs[-1], path
+    assert r["comparisons"] and all("low" in x for x in r["comparisons"])
+  legacy = next((common.RESULTS / "legacy").glob("generalization_*.json"))
+  with pytest.raises(ValueError, match="predates the comparison protocol"):
+    report._generalization_section(legacy)

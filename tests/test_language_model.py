@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import data, language_model as lm, protocol
+from benchmarks import data, protocol
+from benchmarks import language_model as lm
 
 
 def _novel(name, chapters=4, words=60):
@@ -83,7 +84,7 @@ def test_study_end_to_end(tiny_study, tmp_path):
   b = r["batches"][0]
   assert b["steps"] == b["log_every"] * 4
   assert b["tokens"] == b["steps"] * 4 * 16
-  for m, c in b["cells"].items():
+  for c in b["cells"].values():
     assert c["num_configs"] == 12 and len(c["test_bpc"]) == 2
     assert all(np.isfinite(c["test_bpc"])) and min(c["test_bpc"]) < 8.0
     run = c["report_runs"][0]
