@@ -272,9 +272,9 @@ def compare(cells: dict[str, Any], metric: str = "test_bpc"
 
 def markdown(results: dict[str, Any]) -> str:
   lines = ["| method | " + " | ".join(
-      f"B={b['batch_size']}: test bpc | train bpc | max logit"
+      f"B={b['batch_size']}: test bpc | train bpc | max logit | val rise"
       for b in results["batches"]) + " |",
-           "|---|" + "---|---|---|" * len(results["batches"])]
+           "|---|" + "---|---|---|---|" * len(results["batches"])]
   methods = list(results["batches"][0]["cells"])
   for m in methods:
     row = []
@@ -283,7 +283,10 @@ def markdown(results: dict[str, Any]) -> str:
       mean, std = protocol.summarize(c["test_bpc"])
       train = np.mean([r["final_train_bpc"] for r in c["report_runs"]])
       logit = np.mean([r["final_max_abs_logit"] for r in c["report_runs"]])
-      row += [f"{mean:.3f} ± {std:.3f}", f"{train:.3f}", f"{logit:.1f}"]
+      rise = np.mean([r["curves"]["val_probe_bpc"][-1] - r["min_val_probe_bpc"]
+                      for r in c["report_runs"]])
+      row += [f"{mean:.3f} ± {std:.3f}", f"{train:.3f}", f"{logit:.1f}",
+              f"{rise:.3f}"]
     lines.append(f"| {m} | " + " | ".join(row) + " |")
   lines += ["", "| comparison | " + " | ".join(
       f"B={b['batch_size']}: Δ test bpc [95% CI] | reading"
@@ -296,13 +299,15 @@ def markdown(results: dict[str, Any]) -> str:
       r = next(x for x in b["comparisons"] if (x["a"], x["b"]) == (a, bname))
       reading = {"lower": f"{a} better", "higher": f"{a} worse"}.get(
           r["verdict"], r["verdict"])
-      row += [f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]",
+      row += [f"{r['mean']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]",
               reading]
     lines.append(f"| {a} − {bname} | " + " | ".join(row) + " |")
   seeds = results["batches"][0]["cells"][methods[0]]["report_seeds"]
   lines += ["", f"Test bits per character (lower is better), mean ± std over "
-            f"report seeds {seeds}; train bpc and max |logit| at the end of "
-            f"training (mean over those seeds). {protocol.PROTOCOL_TEXT}"]
+            f"report seeds {seeds}; train bpc, max |logit| and val rise (final "
+            f"minus lowest validation-probe bpc during training: > 0 when "
+            f"validation turned up) at the end of training, mean over those "
+            f"seeds. {protocol.PROTOCOL_TEXT}"]
   return "\n".join(lines)
 
 
