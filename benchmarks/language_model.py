@@ -262,6 +262,7 @@ def compare(cells: dict[str, Any], metric: str = "test_bpc"
   rows = []
   pairs = [(m, "adam") for m in cells if m != "adam"]
   pairs += [("lawn-adam", m) for m in cells if m not in ("adam", "lawn-adam")]
+  pairs += [("lawn-adamw", "adamw")]
   for a, b in pairs:
     if a in cells and b in cells and len(cells[a][metric]) > 1:
       rows.append({"a": a, "b": b,
@@ -292,11 +293,13 @@ def markdown(results: dict[str, Any]) -> str:
       f"B={b['batch_size']}: Δ test bpc [95% CI] | reading"
       for b in results["batches"]) + " |",
             "|---|" + "---|---|" * len(results["batches"])]
-  keys = [(r["a"], r["b"]) for r in results["batches"][0]["comparisons"]]
+  # Recomputed from the per-seed results (the stored list may predate a pair).
+  comps = [compare(b["cells"]) for b in results["batches"]]
+  keys = [(r["a"], r["b"]) for r in comps[0]]
   for a, bname in keys:
     row = []
-    for b in results["batches"]:
-      r = next(x for x in b["comparisons"] if (x["a"], x["b"]) == (a, bname))
+    for cs in comps:
+      r = next(x for x in cs if (x["a"], x["b"]) == (a, bname))
       reading = {"lower": f"{a} better", "higher": f"{a} worse"}.get(
           r["verdict"], r["verdict"])
       row += [f"{r['mean']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]",
