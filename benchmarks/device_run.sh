@@ -19,9 +19,10 @@ job() {  # job NAME SECONDS COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$R/device.txt" 2>&1
 python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())" >> "$R/device.txt" 2>&1
 cat "$R/device.txt"
-job lm 230 python3 -m benchmarks.language_model --full --data .gpudata/austen --out "$R"
-job fashion 80 python3 -m benchmarks.generalization --preset fashion --data .gpudata/fashion --out "$R"
-job mnist1d 150 python3 -m benchmarks.generalization --full --out "$R"
-job movielens 45 python3 -m benchmarks.generalization --preset movielens --data .gpudata/dslabs/Rdata --out "$R"
-job overhead 60 python3 -m benchmarks.overhead --full --repeats 10 --out "$R" --tag _gpu
+job lm 180 python3 -m benchmarks.language_model --full --data .gpudata/austen --out "$R"
+job fashion 60 python3 -m benchmarks.generalization --preset fashion --data .gpudata/fashion --out "$R"
+job fashion_cnn 120 python3 -m benchmarks.generalization --preset fashion-cnn --data .gpudata/fashion --out "$R"
+job mnist1d 110 python3 -m benchmarks.generalization --full --out "$R"
+job movielens 40 python3 -m benchmarks.generalization --preset movielens --data .gpudata/dslabs/Rdata --out "$R"
+job overhead 50 python3 -m benchmarks.overhead --full --repeats 10 --out "$R" --tag _gpu
 cat "$R/jobs.txt"

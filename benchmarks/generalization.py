@@ -40,16 +40,18 @@ from benchmarks.protocol import MethodGrid
 
 
 class Task(NamedTuple):
+  """A model and its data. ``state`` is the model's non-trained state
+  (BatchNorm statistics; ``()`` for stateless models)."""
   name: str
   metric: str                      # the selection metric, higher is better
   num_train: int
-  init: Callable[[jax.Array], Any]
-  loss: Callable[[Any, jax.Array, jax.Array], jax.Array]  # params, idx, key
-  evaluate: Callable[[Any], dict[str, jax.Array]]         # val_/test_ metrics
-  diagnostics: Callable[[Any], dict[str, jax.Array]]      # logged per epoch
+  init: Callable[[jax.Array], tuple[Any, Any]]            # key -> params, state
+  loss: Callable[..., tuple[jax.Array, Any]]  # params, state, idx, key -> loss, state
+  evaluate: Callable[[Any, Any], dict[str, jax.Array]]    # val_/test_ metrics
+  diagnostics: Callable[[Any, Any], dict[str, jax.Array]]  # logged per epoch
   mask: Any                                               # LAWN mask
   head: tuple[str, ...]                                   # path of final kernel
-  validate: Callable[[Any], jax.Array]                    # val metric only
+  validate: Callable[[Any, Any], jax.Array]               # val metric only
   decay_mask: Any                                         # leaves decay touches
 
 
@@ -72,21 +74,23 @@ def classification_task(name: str, ds: data.Classification,
   params0 = model.init(jax.random.key(0), xtr[:1])["params"]
   probe = xtr[:512]
 
-  def loss(params, idx, key):
+  def loss(params, state, idx, key):
     del key
     logits = model.apply({"params": params}, xtr[idx])
-    return optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                           ytr[idx]).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, ytr[idx]).mean(), state
 
   def accuracy(params, x, y):
     return jnp.mean(model.apply({"params": params}, x).argmax(-1) == y)
 
-  def evaluate(params):
+  def evaluate(params, state):
+    del state
     return {"val_accuracy": accuracy(params, xva, yva),
             "test_accuracy": accuracy(params, xte, yte),
             "train_accuracy": accuracy(params, xtr, ytr)}
 
-  def diagnostics(params):
+  def diagnostics(params, state):
+    del state
     logits = model.apply({"params": params}, probe)
     return {
         "train_loss": optax.softmax_cross_entropy_with_integer_labels(
@@ -96,11 +100,80 @@ def classification_task(name: str, ds: data.Classification,
     }
 
   return Task(name, "accuracy", int(xtr.shape[0]),
-              lambda key: model.init(key, xtr[:1])["params"], loss, evaluate,
-              diagnostics, lo.masks.kernels(params0),
+              lambda key: (model.init(key, xtr[:1])["params"], ()), loss,
+              evaluate, diagnostics, lo.masks.kernels(params0),
               (f"Dense_{len(hidden)}", "kernel"),
-              lambda params: accuracy(params, xva, yva),
+              lambda params, state: accuracy(params, xva, yva),
               jax.tree.map(lambda _: True, params0))
+
+
+def cnn_task(name: str, ds: data.Classification,
+             widths: tuple[int, ...] = (16, 32, 64),
+             image_shape: tuple[int, ...] = (28, 28, 1),
+             val_fraction: float = 1 / 6, max_train: int | None = None,
+             eval_chunk: int = 500) -> Task:
+  """A BatchNorm ResNet (``benchmarks.models.ResNet``): its statistics are
+  the task's state. LAWN constrains what ``masks.final_homogeneous`` finds
+  after the last BatchNorm (the head; the conv kernels before it are
+  scale-invariant, which is WRS's business, not LAWN's)."""
+  (xtr, ytr), (xva, yva) = _split_val(ds.x, ds.y, val_fraction)
+  if max_train:
+    xtr, ytr = xtr[:max_train], ytr[:max_train]
+  xtr, ytr, xva, yva, xte, yte = map(jnp.asarray, (xtr, ytr, xva, yva,
+                                                   ds.x_test, ds.y_test))
+  model = models.ResNet(widths, ds.num_classes, image_shape)
+  init = lambda key: model.init(key, xtr[:1], train=False)
+  variables = init(jax.random.key(0))
+  params0, stats0 = variables["params"], variables["batch_stats"]
+  probe = xtr[:512]
+  apply = lambda params, stats, x: model.apply(
+      {"params": params, "batch_stats": stats}, x, train=False)
+
+  def loss(params, stats, idx, key):
+    del key
+    logits, new = model.apply({"params": params, "batch_stats": stats},
+                              xtr[idx], train=True, mutable=["batch_stats"])
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, ytr[idx]).mean(), new["batch_stats"]
+
+  def accuracy(params, stats, x, y):
+    # In chunks: a whole test set through a CNN at once, per vmapped run,
+    # would not fit in memory.
+    n = (len(y) // eval_chunk) * eval_chunk or len(y)
+    chunk = min(eval_chunk, n)
+    pred = jax.lax.map(lambda xb: apply(params, stats, xb).argmax(-1),
+                       x[:n].reshape(n // chunk, chunk, *x.shape[1:]))
+    return jnp.mean(pred.reshape(-1) == y[:n])
+
+  def evaluate(params, stats):
+    return {"val_accuracy": accuracy(params, stats, xva, yva),
+            "test_accuracy": accuracy(params, stats, xte, yte),
+            "train_accuracy": accuracy(params, stats, xtr[:10_000],
+                                       ytr[:10_000])}
+
+  def diagnostics(params, stats):
+    logits = apply(params, stats, probe)
+    return {
+        "train_loss": optax.softmax_cross_entropy_with_integer_labels(
+            logits, ytr[:512]).mean(),
+        "logit_norm": jnp.mean(jnp.linalg.norm(logits, axis=-1)),
+        "head_norm": jnp.linalg.norm(params["Dense_0"]["kernel"]),
+    }
+
+  mask = lo.masks.final_homogeneous(
+      lambda p, x: apply(p, stats0, x), params0, xtr[:2])
+  return Task(f"{name}_cnn", "accuracy", int(xtr.shape[0]),
+              lambda key: (lambda v: (v["params"], v["batch_stats"]))(
+                  init(key)), loss, evaluate, diagnostics, mask,
+              ("Dense_0", "kernel"),
+              lambda params, stats: accuracy(params, stats, xva, yva),
+              jax.tree.map(lambda _: True, params0))
+
+
+def _flat(tree) -> list[tuple[str, Any]]:
+  """``("a/b", leaf)`` pairs (for tests and messages)."""
+  return [("/".join(str(getattr(k, "key", k)) for k in path), leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def hit_rate_ndcg(scores: jax.Array, k: int = 10) -> tuple[jax.Array, jax.Array]:
@@ -126,13 +199,13 @@ def recommender_task(split: data.LeaveOneOut, dim: int = 32) -> Task:
   # Kernels of the MLP tower and output layer; embedding tables stay free.
   mask = lo.masks.kernels(params0)
 
-  def loss(params, idx, key):
+  def loss(params, state, idx, key):
     u = users[idx]
     neg = jax.random.randint(key, idx.shape, 0, split.num_items)
     logits = model.apply({"params": params}, jnp.concatenate([u, u]),
                          jnp.concatenate([items[idx], neg]))
     labels = jnp.concatenate([jnp.ones_like(idx), jnp.zeros_like(idx)])
-    return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
+    return optax.sigmoid_binary_cross_entropy(logits, labels).mean(), state
 
   def ranking(params, cand):
     u = jnp.broadcast_to(eval_users[:, None], cand.shape)
@@ -140,22 +213,24 @@ def recommender_task(split: data.LeaveOneOut, dim: int = 32) -> Task:
                          cand.ravel()).reshape(cand.shape)
     return hit_rate_ndcg(scores, 10)
 
-  def evaluate(params):
+  def evaluate(params, state):
+    del state
     out = {}
     for name, cand in (("val", val), ("test", test)):
       out[f"{name}_hr10"], out[f"{name}_ndcg10"] = ranking(params, cand)
     return out
 
-  def diagnostics(params):
+  def diagnostics(params, state):
+    del state
     s = model.apply({"params": params}, users[:512], items[:512])
     return {"train_loss": optax.sigmoid_binary_cross_entropy(
         s, jnp.ones_like(s)).mean(), "logit_norm": jnp.mean(jnp.abs(s)),
             "head_norm": jnp.linalg.norm(params["Dense_3"]["kernel"])}
 
   return Task("movielens", "hr10", int(users.shape[0]),
-              lambda key: model.init(key, users[:1], items[:1])["params"],
+              lambda key: (model.init(key, users[:1], items[:1])["params"], ()),
               loss, evaluate, diagnostics, mask, ("Dense_3", "kernel"),
-              lambda params: ranking(params, val)[0],
+              lambda params, state: ranking(params, val)[0],
               jax.tree.map(lambda _: True, params0))
 
 
@@ -218,7 +293,7 @@ def train_program(task: Task, family: str, batch: int, epochs: int,
 
   def one(hp, seed):
     k_init, k_data = jax.random.split(jax.random.key(seed))
-    params = task.init(k_init)
+    params, model_state = task.init(k_init)
     tx = protocol.build_optimizer(family, hp, task.mask, task.decay_mask,
                                   total, sched, **lawn_kwargs)
     state = tx.init(params)
@@ -227,19 +302,20 @@ def train_program(task: Task, family: str, batch: int, epochs: int,
       perm = jax.random.permutation(ekey, task.num_train)
 
       def step(carry, i):
-        params, state = carry
+        params, model_state, state = carry
         idx = jax.lax.dynamic_slice(perm, (i * batch,), (batch,))
-        g = jax.grad(task.loss)(params, idx, jax.random.fold_in(ekey, i))
+        g, model_state = jax.grad(task.loss, has_aux=True)(
+            params, model_state, idx, jax.random.fold_in(ekey, i))
         u, state = tx.update(g, state, params)
-        return (optax.apply_updates(params, u), state), None
+        return (optax.apply_updates(params, u), model_state, state), None
 
       carry, _ = jax.lax.scan(step, carry, jnp.arange(steps_per_epoch))
-      return carry, {**task.diagnostics(carry[0]),
-                     "val_metric": task.validate(carry[0])}
+      return carry, {**task.diagnostics(*carry[:2]),
+                     "val_metric": task.validate(*carry[:2])}
 
-    (params, _), logs = jax.lax.scan(epoch, (params, state),
-                                     jax.random.split(k_data, epochs))
-    return task.evaluate(params), logs
+    (params, model_state, _), logs = jax.lax.scan(
+        epoch, (params, model_state, state), jax.random.split(k_data, epochs))
+    return task.evaluate(params, model_state), logs
 
   return jax.jit(jax.vmap(one)), total
 
@@ -485,6 +561,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                         optimizers=["adam", "adamw", "lawn-adam"],
                         batch_sizes=[256, 8192], epochs=15, hidden=(128,),
                         selection_seeds=[100]),
+    # The BatchNorm ResNet on all 60k images: for one GPU (not run yet).
+    "fashion-cnn": dict(dataset="fashion_mnist", model="cnn",
+                        optimizers=ADAM_FAMILY, batch_sizes=[256, 4096],
+                        epochs=30, hidden=()),
     # MovieLens on this project's 2-core CPU (~15 min).
     "movielens-cpu": dict(dataset="movielens",
                           optimizers=["adam", "adamw", "lawn-adam"],
@@ -498,8 +578,18 @@ SELECTION_SEEDS = [100, 101]
 REPORT_SEEDS = [0, 1, 2, 3, 4]
 
 
-def make_task(dataset: str, hidden, max_train=None, path=None) -> Task:
-  """``path``: where the dataset's files are (the loaders' defaults else)."""
+def make_task(dataset: str, hidden, max_train=None, path=None,
+              model: str = "mlp") -> Task:
+  """``path``: where the dataset's files are (the loaders' defaults else);
+  ``model="cnn"``: the BatchNorm ResNet on image datasets."""
+  if model == "cnn":
+    if dataset == "fashion_mnist":
+      return cnn_task("fashion_mnist", data.fashion_mnist(path),
+                      max_train=max_train)
+    if dataset == "digits":
+      return cnn_task("digits", data.digits(), (8, 16), (8, 8, 1),
+                      val_fraction=0.2, max_train=max_train)
+    raise ValueError(f"model='cnn' needs an image dataset, got {dataset!r}")
   if dataset == "mnist1d":
     return classification_task("mnist1d", data.mnist1d(num_samples=12500),
                                hidden, max_train=max_train)
@@ -553,12 +643,13 @@ def main(argv=None):
   print(f"writing to {out_dir} (pass --out to change)")
   t0 = time.perf_counter()
   task = make_task(cfg["dataset"], tuple(cfg["hidden"]), args.max_train,
-                   args.data)
-  params0 = task.init(jax.random.key(0))
+                   args.data, cfg.get("model", "mlp"))
+  params0 = task.init(jax.random.key(0))[0]
   results = {"dataset": task.name, "metric": task.metric, "mode": preset,
              "num_train": task.num_train,
              "num_params": int(sum(x.size for x in jax.tree.leaves(params0))),
              "model": ("NCF" if task.name == "movielens" else
+                       "BatchNorm ResNet" if task.name.endswith("_cnn") else
                        f"MLP {list(cfg['hidden'])}"),
              "dataset_source": DATA_SOURCES.get(task.name, task.name),
              "seeds": args.report_seeds,

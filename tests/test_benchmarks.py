@@ -7,6 +7,8 @@ import json
 import struct
 import zlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -266,3 +268,23 @@ def test_committed_results_follow_the_protocol():
   legacy = next((common.RESULTS / "legacy").glob("generalization_*.json"))
   with pytest.raises(ValueError, match="predates the comparison protocol"):
     report._generalization_section(legacy)
+
+
+def test_cnn_task_carries_batchnorm_statistics_and_lawn_freezes_its_head():
+  task = generalization.make_task("digits", (), max_train=128, model="cnn")
+  # The head after the last BatchNorm, nothing before it.
+  chosen = [k for k, v in generalization._flat(task.mask) if v]
+  assert chosen == ["Dense_0/bias", "Dense_0/kernel"]
+  params, stats = task.init(jax.random.key(0))
+  _, new_stats = task.loss(params, stats, jnp.arange(32), jax.random.key(1))
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), stats,
+                       new_stats)
+  assert max(jax.tree.leaves(moved)) > 0   # statistics are updated in training
+  spec = generalization.OptSpec("adam", {"lr": [1e-2], "free_frac": [0.5],
+                                         "lawn": [1.0]})
+  cell = generalization.run_cell(task, spec, 32, 3, [0])
+  h = cell["curves_selected"]["head_norm"]   # 4 steps an epoch, freeze at 6
+  assert h[1] == pytest.approx(h[2], rel=1e-5) and h[0] != pytest.approx(h[1])
+  assert 0.0 <= cell["test_mean"] <= 1.0
+  with pytest.raises(ValueError, match="image dataset"):
+    generalization.make_task("mnist1d", (), model="cnn")
