@@ -369,7 +369,7 @@ def _cell_record(cell: dict[str, Any], metric: str, batch: int, epochs: int,
 
 def protocol_cells(task: Task, names: list[str], batch: int, epochs: int,
                    selection_seeds, report_seeds, schedule: str = "cosine",
-                   max_extensions: int = 2, lr_grids=None, log=print
+                   max_extensions: int = 4, lr_grids=None, log=print
                    ) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
   """Every method named, tuned and reported under :mod:`benchmarks.protocol`
   at one batch size; returns (cells, paired comparisons, seconds)."""
@@ -621,7 +621,8 @@ def main(argv=None):
   p.add_argument("--report-seeds", nargs="+", type=int, default=REPORT_SEEDS)
   p.add_argument("--schedule", choices=["cosine", "constant"],
                  default="cosine", help="constant: the recorded ablation")
-  p.add_argument("--max-extensions", type=int, default=2)
+  p.add_argument("--max-extensions", type=int, default=4,
+                 help="rounds of learning-rate grid extension at most")
   p.add_argument("--max-train", type=int, help="subsample the training set")
   p.add_argument("--data", help="the dataset's files (Fashion-MNIST folder, "
                  "MovieLens ratings.csv or Rdata prefix)")
@@ -655,6 +656,7 @@ def main(argv=None):
              "seeds": args.report_seeds,
              "selection_seeds": args.selection_seeds,
              "schedule": args.schedule, "warmup_fraction": 0.05,
+             "max_extensions": args.max_extensions,
              "epochs": cfg["epochs"], "protocol": protocol.PROTOCOL_TEXT,
              "environment": common.environment(), "cells": {},
              "comparisons": []}

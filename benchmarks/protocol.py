@@ -139,7 +139,7 @@ def tune_and_report(grids: dict[str, MethodGrid],
                     selection_metric: str, report_metrics: Sequence[str],
                     selection_seeds: Sequence[int],
                     report_seeds: Sequence[int], *, higher_is_better: bool,
-                    max_extensions: int = 2,
+                    max_extensions: int = 4,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
   """Tune every method of one cell on the selection seeds, then retrain each
   chosen configuration on the report seeds.
