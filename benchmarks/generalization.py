@@ -373,19 +373,33 @@ def protocol_cells(task: Task, names: list[str], batch: int, epochs: int,
                    ) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
   """Every method named, tuned and reported under :mod:`benchmarks.protocol`
   at one batch size; returns (cells, paired comparisons, seconds)."""
-  cells, seconds = {}, 0.0
-  for family, grids in method_grids(names, lr_grids).items():
-    runner = Runner(task, family, batch, epochs, schedule)
-    out = protocol.tune_and_report(
-        grids, runner, f"val_{task.metric}",
-        [f"test_{task.metric}", f"val_{task.metric}"], selection_seeds,
-        report_seeds, higher_is_better=True, max_extensions=max_extensions,
-        log=log)
-    for n, c in out.items():
-      cells[n] = {**_cell_record(c, task.metric, min(batch, task.num_train),
-                                 epochs, runner.total),
-                  "program_seconds": runner.seconds}
-    seconds += sum(runner.seconds)
+  by_family = method_grids(names, lr_grids)
+  runners = {f: Runner(task, f, batch, epochs, schedule) for f in by_family}
+
+  def run_many(runs: list[protocol.Run]) -> list[dict[str, Any]]:
+    # One program per family; the tuning rounds are joint, so that every
+    # method of the cell, whatever its family, gets as many extensions.
+    out: list[Any] = [None] * len(runs)
+    for family, runner in runners.items():
+      idx = [i for i, r in enumerate(runs) if METHODS[r.method][0] == family]
+      if idx:
+        for i, o in zip(idx, runner([runs[i] for i in idx])):
+          out[i] = o
+    return out
+
+  grids = {n: g for fam in by_family.values() for n, g in fam.items()}
+  tuned = protocol.tune_and_report(
+      grids, run_many, f"val_{task.metric}",
+      [f"test_{task.metric}", f"val_{task.metric}"], selection_seeds,
+      report_seeds, higher_is_better=True, max_extensions=max_extensions,
+      log=log)
+  cells = {}
+  for n, c in tuned.items():
+    runner = runners[METHODS[n][0]]
+    cells[n] = {**_cell_record(c, task.metric, min(batch, task.num_train),
+                               epochs, runner.total),
+                "program_seconds": runner.seconds}
+  seconds = sum(sum(r.seconds) for r in runners.values())
   comparisons = [{"a": a, "b": b, "batch_size": cells[a]["batch_size"],
                   **protocol.paired_interval(cells[a]["test"],
                                              cells[b]["test"])}

@@ -177,18 +177,20 @@ def test_generalization_protocol_end_to_end(tmp_path):
   """The main job's path on a tiny task: budgets, extensions, intervals,
   table, plots, JSON, and the audit's requirements."""
   task = generalization.make_task("digits", (16,), max_train=256)
-  lrs = {"adam": protocol.log_grid(1e-3, 3e-2, 6)}
+  lrs = {"adam": protocol.log_grid(1e-3, 3e-2, 6),
+         "sgdm": protocol.log_grid(1e-4, 1e-3, 6)}   # far too low: extends
   cells, comps, secs = generalization.protocol_cells(
-      task, ["adam", "lawn-adam"], 64, 2, [7], [0, 1], max_extensions=1,
-      lr_grids=lrs, log=lambda _: None)
+      task, ["adam", "lawn-adam", "sgdm"], 64, 2, [7], [0, 1],
+      max_extensions=1, lr_grids=lrs, log=lambda _: None)
+  assert cells["sgdm"]["extensions"][0]["side"] == "high"
   assert secs > 0
   for c in cells.values():
     assert c["num_configs"] == 12 + 2 * len(c["extensions"])
     assert len(set(c["grid"]["lr"])) >= 6
     assert c["selected"]["lr"] in c["grid"]["lr"]
     assert len(c["test"]) == 2 and len(c["final_train_loss"]) == 2
-  # Equal budgets, extensions included.
-  assert len({c["num_configs"] for c in cells.values()}) == 1
+  # Equal budgets, extensions included, across base families too.
+  assert {c["num_configs"] for c in cells.values()} == {14}
   assert [(c["a"], c["b"]) for c in comps] == [("lawn-adam", "adam")]
   d = np.subtract(cells["lawn-adam"]["test"], cells["adam"]["test"])
   assert comps[0]["mean"] == pytest.approx(d.mean())
