@@ -170,12 +170,6 @@ def cnn_task(name: str, ds: data.Classification,
               jax.tree.map(lambda _: True, params0))
 
 
-def _flat(tree) -> list[tuple[str, Any]]:
-  """``("a/b", leaf)`` pairs (for tests and messages)."""
-  return [("/".join(str(getattr(k, "key", k)) for k in path), leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
 def hit_rate_ndcg(scores: jax.Array, k: int = 10) -> tuple[jax.Array, jax.Array]:
   """HR@k and NDCG@k when column 0 of ``scores`` is the held-out positive.
 
@@ -326,21 +320,16 @@ class Runner:
 
   def __init__(self, task: Task, family: str, batch: int, epochs: int,
                schedule: str = "cosine", **lawn_kwargs):
-    self.task, self.epochs = task, epochs
-    self.fn, self.total = train_program(task, family, batch, epochs, schedule,
-                                        **lawn_kwargs)
-    self.seconds: list[float] = []
-    self.width: int | None = None
+    fn, self.total = train_program(task, family, batch, epochs, schedule,
+                                   **lawn_kwargs)
+    self.program = protocol.PaddedProgram(fn)
+
+  @property
+  def seconds(self) -> list[float]:
+    return self.program.seconds
 
   def __call__(self, runs: list[protocol.Run]) -> list[dict[str, Any]]:
-    self.width = protocol.pad_width(self.width, len(runs))
-    padded = protocol.pad_runs(runs, self.width)
-    hps = protocol.stack_hps([r.config for r in padded])
-    t0 = time.perf_counter()
-    final, logs = jax.block_until_ready(
-        self.fn(hps, jnp.asarray([r.seed for r in padded])))
-    self.seconds.append(time.perf_counter() - t0)
-    final, logs = jax.tree.map(np.asarray, (final, logs))
+    final, logs = self.program(runs)
     out = []
     for i in range(len(runs)):
       curves = {k: v[i].tolist() for k, v in logs.items()}

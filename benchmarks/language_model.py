@@ -24,7 +24,6 @@ vmapped program. Metrics are bits per character (bpc).
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import time
 from pathlib import Path
@@ -153,6 +152,7 @@ class Study:
     self.schedule = protocol.warmup_cosine(self.steps,
                                            schedule=cfg.get("schedule",
                                                             "cosine"))
+    self.program = protocol.PaddedProgram(jax.jit(jax.vmap(self.train_one)))
 
   def init(self, seed: int):
     from flax import nnx
@@ -192,7 +192,7 @@ class Study:
             "head_norm": _norm(params["head"]),
             "final_norm_scale_norm": _norm(params["final_norm"]["scale"])}
 
-  def train_one(self, hp, params, seed):
+  def train_one(self, hp, seed, params):
     tx = protocol.build_optimizer("adam", hp, self.mask, self.decay_mask,
                                   self.steps, self.schedule)
     state = tx.init(params)
@@ -222,25 +222,15 @@ class Study:
              "test_bpc": self.bpc(params, self.test, hp)}
     return final, logs
 
-  @functools.cached_property
-  def program(self):
-    return jax.jit(jax.vmap(self.train_one))
-
   def run_many(self, runs: list[protocol.Run]) -> list[dict[str, Any]]:
-    self.width = protocol.pad_width(self.width, len(runs))
-    n_real = len(runs)
-    runs = protocol.pad_runs(runs, self.width)
-    hps = protocol.stack_hps([r.config for r in runs])
-    inits = {s: self.init(s) for s in sorted({r.seed for r in runs})}
-    params = jax.tree.map(lambda *xs: jnp.stack(xs),
-                          *[inits[r.seed] for r in runs])
-    t0 = time.perf_counter()
-    final, logs = jax.block_until_ready(
-        self.program(hps, params, jnp.asarray([r.seed for r in runs])))
-    self.seconds.append(time.perf_counter() - t0)
-    final, logs = jax.tree.map(np.asarray, (final, logs))
+    def initial_params(padded):
+      inits = {s: self.init(s) for s in sorted({r.seed for r in padded})}
+      return (jax.tree.map(lambda *xs: jnp.stack(xs),
+                           *[inits[r.seed] for r in padded]),)
+
+    final, logs = self.program(runs, initial_params)
     out = []
-    for i in range(n_real):
+    for i in range(len(runs)):
       curves = {k: v[i].tolist() for k, v in logs.items()}
       best = int(np.argmin(curves["val_probe_bpc"]))
       out.append({**{k: float(v[i]) for k, v in final.items()},
@@ -250,9 +240,6 @@ class Study:
                   "step_of_min_val_probe": (best + 1) * self.log_every,
                   "curves": curves})
     return out
-
-  seconds: list[float]
-  width: int | None = None
 
 
 def compare(cells: dict[str, Any], metric: str = "test_bpc"
@@ -373,7 +360,6 @@ def run(cfg: dict[str, Any], corpus: data.Corpus, log=print) -> dict[str, Any]:
   batches = []
   for batch in cfg["batch_sizes"]:
     study = Study(corpus, cfg, batch)
-    study.seconds = []
     log(f"batch {batch}: {study.steps} steps, {study.num_params} params")
     cells = protocol.tune_and_report(
         grids, study.run_many, "val_bpc", ["val_bpc", "test_bpc"],
@@ -383,11 +369,11 @@ def run(cfg: dict[str, Any], corpus: data.Corpus, log=print) -> dict[str, Any]:
                     "log_every": study.log_every,
                     "tokens": study.steps * batch * study.seq,
                     "cells": cells, "comparisons": compare(cells),
-                    "seconds": study.seconds,
+                    "seconds": study.program.seconds,
                     "runs": sum(len(c["report_runs"]) + c["num_configs"] *
                                 len(cfg["selection_seeds"])
                                 for c in cells.values())})
-    log(f"  trained in {sum(study.seconds):.0f} s")
+    log(f"  trained in {sum(study.program.seconds):.0f} s")
   mask = lo.masks.explain(build_model(cfg), study.probe[:1, :-1])
   return {"benchmark": "language_model", "config": cfg,
           "num_params": study.num_params,

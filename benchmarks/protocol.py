@@ -28,6 +28,7 @@ when it can) and returns each run's metrics.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -302,3 +303,27 @@ def pad_width(previous: int | None, n: int) -> int | None:
   if jax.default_backend() == "cpu":
     return None
   return max(previous or 0, n)
+
+
+class PaddedProgram:
+  """Calls a vmapped program ``fn(hps, seeds, *extra)`` on a list of runs:
+  pads them to one width on an accelerator (:func:`pad_width`, one
+  compilation), times the call, and returns NumPy ``(final, logs)`` whose
+  first ``len(runs)`` rows are the runs asked for. ``extra(padded_runs)``
+  supplies any further per-run arguments."""
+
+  def __init__(self, fn: Callable[..., Any]):
+    self.fn = fn
+    self.width: int | None = None
+    self.seconds: list[float] = []
+
+  def __call__(self, runs: list[Run],
+               extra: Callable[[list[Run]], tuple] = lambda _: ()) -> Any:
+    self.width = pad_width(self.width, len(runs))
+    padded = pad_runs(runs, self.width)
+    hps = stack_hps([r.config for r in padded])
+    seeds = jnp.asarray([r.seed for r in padded])
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(self.fn(hps, seeds, *extra(padded)))
+    self.seconds.append(time.perf_counter() - t0)
+    return jax.tree.map(np.asarray, out)

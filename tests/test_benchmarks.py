@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import common, data, generalization, overhead, protocol
+from lawn_optax import _tree
 
 
 def _idx_bytes(arr):
@@ -274,7 +275,8 @@ def test_committed_results_follow_the_protocol():
 def test_cnn_task_carries_batchnorm_statistics_and_lawn_freezes_its_head():
   task = generalization.make_task("digits", (), max_train=128, model="cnn")
   # The head after the last BatchNorm, nothing before it.
-  chosen = [k for k, v in generalization._flat(task.mask) if v]
+  chosen = [_tree.path_str(k) for k, v in
+            jax.tree_util.tree_flatten_with_path(task.mask)[0] if v]
   assert chosen == ["Dense_0/bias", "Dense_0/kernel"]
   params, stats = task.init(jax.random.key(0))
   _, new_stats = task.loss(params, stats, jnp.arange(32), jax.random.key(1))
