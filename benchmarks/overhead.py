@@ -8,25 +8,37 @@ with donated params and optimizer state, (a) ``update + apply_updates``
 and (b) a full train step (forward, backward, update, apply) for the base
 optimizer and every variant:
 
-  lawn-tensor / lawn-unit      exact retraction, constrained phase
-  lawn-lazy                    one-pass lazy retraction, constrained phase
+  lawn-tensor / lawn-unit      LAWN (``free_steps=1``), constrained phase: the
+                               base update recomputed inside the gate for the
+                               norm (``constrain_norms_after``), per tensor /
+                               per output unit
+  lawn-free                    the free phase (before ``free_steps``)
+  lawn-stored / -stored-free   the same with the update stored instead
+                               (``named_chain(base, constrain_norms)``, the
+                               previous default), both phases
+  lawn-static0                 ``free_steps=0``: no gate, update stored
+  lawn-lazy / lawn-lazy-free   the one-pass lazy retraction, both phases
   lawn-tangent                 exact + tangent projection, constrained phase
-  lawn-free / lawn-lazy-free   the free phase (before ``free_steps``)
-  fixnorm / wrs / wrs-between  FixNorm; WRS on an active and an inactive step
+  fixnorm / wrs / wrs-between  FixNorm; WRS on an active step (period 1, no
+                               gate) and between periods (period 2)
 
 It records XLA's compiled ``bytes accessed`` (a figure that does not depend
 on machine noise; a ``lax.cond`` counts both branches, so gated variants
-over-count) and wall-clock times: variants interleaved round-robin after
-compilation and warm-up, ``block_until_ready``, every repeat kept; the JSON
-has each repeat, the median and the inter-quartile range, and ratios to the
-base measured in the same run. A ratio below 0.98 for strictly more work is
-flagged as noise. Results go to ``--out`` (default ``~/lawn_optax_results``;
+over-count), XLA's temporary buffer size (``memory_analysis``: an
+update-sized temporary is what costs most on a CPU), the minor page faults
+per call (a fresh temporary is mapped, and zero-filled, on every call), and
+wall-clock times: variants interleaved round-robin after compilation and
+warm-up, ``block_until_ready``, every repeat kept; the JSON has each repeat,
+the median and the inter-quartile range, and ratios to the base measured in
+the same run. A ratio below 0.98 for strictly more work is flagged as noise.
+Results go to ``--out`` (default ``~/lawn_optax_results``;
 ``benchmarks/results`` only when asked).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -48,16 +60,22 @@ NEVER = 10**9  # free_steps that are never reached: the free phase
 
 def _variants(mask):
   lawn = lambda base, **kw: lo.lawn(base, mask=mask, **kw)
+  stored = lambda base, start: optax.named_chain(
+      ("base", base), ("lawn", lo.constrain_norms(mask, start_step=start)))
+  # Timed from the state after one update, so free_steps=1 is constrained.
   return {
       "base": lambda base: base,
-      "lawn-tensor": lambda base: lawn(base, free_steps=0),
-      "lawn-unit": lambda base: lawn(base, free_steps=0, granularity="unit"),
-      "lawn-lazy": lambda base: lawn(base, free_steps=0, retraction="lazy"),
-      "lawn-tangent": lambda base: lawn(base, free_steps=0,
-                                        tangent_projection=True),
+      "lawn-tensor": lambda base: lawn(base, free_steps=1),
+      "lawn-unit": lambda base: lawn(base, free_steps=1, granularity="unit"),
       "lawn-free": lambda base: lawn(base, free_steps=NEVER),
+      "lawn-stored": lambda base: stored(base, 1),
+      "lawn-stored-free": lambda base: stored(base, NEVER),
+      "lawn-static0": lambda base: lawn(base, free_steps=0),
+      "lawn-lazy": lambda base: lawn(base, free_steps=1, retraction="lazy"),
       "lawn-lazy-free": lambda base: lawn(base, free_steps=NEVER,
                                           retraction="lazy"),
+      "lawn-tangent": lambda base: lawn(base, free_steps=1,
+                                        tangent_projection=True),
       "fixnorm": lambda base: lo.fixnorm(base, mask=mask),
       "wrs": lambda base: lo.weight_rescaling(base, mask=mask, period=1),
       # Advanced one step below, so period=2 is on an inactive step.
@@ -110,6 +128,15 @@ def _bytes(compiled) -> float:
   return float(cost.get("bytes accessed", float("nan")))
 
 
+def _temp_bytes(compiled) -> int:
+  return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
+def _minor_faults() -> int:
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _copy(tree):
   return jax.tree.map(jnp.copy, tree)
 
@@ -120,7 +147,7 @@ def time_cell(kind: str, width: int, base: str, batch: int, repeats: int):
   n_masked = int(sum(x.size for x, f in zip(jax.tree.leaves(params),
                                             jax.tree.leaves(mask)) if f))
   grads = jax.grad(loss)(params)
-  compiled, inputs, nbytes, extra = {}, {}, {}, {}
+  compiled, inputs, nbytes, temps, extra = {}, {}, {}, {}, {}
   variants = _variants(mask)
   base_state_bytes = None
   for name, make in variants.items():
@@ -147,6 +174,7 @@ def time_cell(kind: str, width: int, base: str, batch: int, repeats: int):
         params, state).compile()
     compiled[name] = {"update": fu, "step": fs}
     nbytes[name] = {"update": _bytes(fu), "step": _bytes(fs)}
+    temps[name] = {"update": _temp_bytes(fu), "step": _temp_bytes(fs)}
     inputs[name] = {"update": (_copy(params), _copy(state)),
                     "step": (_copy(params), _copy(state))}
 
@@ -163,12 +191,15 @@ def time_cell(kind: str, width: int, base: str, batch: int, repeats: int):
       for _ in range(2):
         call(name, what)
   times = {n: {"update": [], "step": []} for n in variants}
+  faults = {n: {"update": 0, "step": 0} for n in variants}
   for _ in range(repeats):
     for name in variants:  # interleaved
       for what in ("update", "step"):
+        f0 = _minor_faults()
         t0 = time.perf_counter()
         call(name, what)
         times[name][what].append(time.perf_counter() - t0)
+        faults[name][what] += _minor_faults() - f0
 
   rows = {}
   for name in variants:
@@ -184,6 +215,8 @@ def time_cell(kind: str, width: int, base: str, batch: int, repeats: int):
           "iqr_s": [float(q1), float(q3)], "ratio": ratio,
           "bytes": nbytes[name][what],
           "bytes_ratio": nbytes[name][what] / nbytes["base"][what],
+          "temp_bytes": temps[name][what],
+          "minor_faults_per_call": faults[name][what] / repeats,
           "noise": bool(name != "base" and ratio < 0.98),
       }
   return {"model": kind, "width": width, "params": n_params,
@@ -194,8 +227,9 @@ def time_cell(kind: str, width: int, base: str, batch: int, repeats: int):
 
 def table(cells) -> str:
   out = ["| model | params (constrained) | opt | variant | update+apply: "
-         "bytes ratio | update+apply: time ratio [IQR] | full step: time "
-         "ratio | extra state (B) |", "|---|---|---|---|---|---|---|---|"]
+         "bytes ratio | update+apply: temp MiB (faults/call) | update+apply: "
+         "time ratio [IQR] | full step: time ratio | extra state (B) |",
+         "|---|---|---|---|---|---|---|---|---|"]
   for c in cells:
     base = c["variants"]["base"]
     for name, r in c["variants"].items():
@@ -208,7 +242,8 @@ def table(cells) -> str:
           f"| {c['model']}-{c['width']} | {c['params'] / 1e6:.1f}M "
           f"({100 * c['constrained_params'] / c['params']:.0f}%) | "
           f"{c['optimizer']} | {name} | {u['bytes_ratio']:.2f} | "
-          f"{u['ratio']:.2f} [{lo_q:.2f}-{hi_q:.2f}]{flag(u)} | "
+          f"{u['temp_bytes'] / 2**20:.1f} ({u['minor_faults_per_call']:.0f})"
+          f" | {u['ratio']:.2f} [{lo_q:.2f}-{hi_q:.2f}]{flag(u)} | "
           f"{s['ratio']:.2f}{flag(s)} | {c['extra_state_bytes'][name]} |")
   return "\n".join(out)
 
@@ -237,9 +272,12 @@ def main(argv=None):
   for kind, width, opt in tqdm(plan, desc="cells"):
     cells.append(time_cell(kind, width, opt, BATCH[kind], args.repeats))
   payload = {"environment": common.environment(), "cells": cells,
+             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
              "note": "ratios are variant / base from the same run, "
                      "interleaved, donated params and state; bytes from XLA's "
-                     "cost analysis (a lax.cond counts both branches)."}
+                     "cost analysis (a lax.cond counts both branches); temp "
+                     "from XLA's memory analysis; minor page faults per call "
+                     "from getrusage."}
   out = Path(args.out)
   path = common.write_json(f"overhead{args.tag}", payload, out)
   text = table(cells)

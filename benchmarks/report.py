@@ -96,11 +96,11 @@ def step_cost_section(results_dir: Path = common.RESULTS) -> str:
   env = results["environment"]
   cells = [c for c in results["cells"] if c["model"] == "mlp"
            and c["width"] == 4096]
-  names = ["lawn-tensor", "lawn-unit", "lawn-lazy", "lawn-tangent",
-           "lawn-free", "lawn-lazy-free", "fixnorm", "wrs", "wrs-between"]
+  names = [n for n in cells[0]["variants"] if n != "base"]
   opts = [c["optimizer"] for c in cells]
   head = ("| variant | " + " | ".join(
-      f"{o}: bytes / time [IQR] / full step" for o in opts) + " |")
+      f"{o}: bytes / temp MiB / time [IQR] / full step" for o in opts)
+          + " |")
   lines = [f"24M-parameter MLP (784-4096-4096-1024-10, all kernels "
            f"constrained), {env['cpu_model']}, {env['cpu_count']} cores, jax "
            f"{env['jax']}, commit `{env['git_commit'][:10]}`: ratios to the "
@@ -108,8 +108,10 @@ def step_cost_section(results_dir: Path = common.RESULTS) -> str:
            f"buffers, median of {cells[0]['repeats']} interleaved repeats, "
            "inter-quartile range of the variant's times over the base median; "
            f"full train step at batch {cells[0]['batch']}). Bytes are XLA's "
-           "`bytes accessed`; gated variants (free phase, WRS between "
-           "periods) over-count, as XLA counts both branches of a `lax.cond`. "
+           "`bytes accessed`; gated variants (LAWN with `free_steps` > 0, "
+           "WRS between periods) over-count, as XLA counts both branches of "
+           "a `lax.cond`. Temp is XLA's temporary buffer for update+apply "
+           "(the base's is 0). "
            "Every cell, the smaller MLPs and the CNN: "
            "`benchmarks/results/overhead.md`.", "",
            head, "|---|" + "---|" * len(cells)]
@@ -120,8 +122,9 @@ def step_cost_section(results_dir: Path = common.RESULTS) -> str:
       u, s = c["variants"][name]["update"], c["variants"][name]["step"]
       q1, q3 = (q / base_med for q in u["iqr_s"])
       noise = " (noise)" if u["noise"] or s["noise"] else ""
-      row.append(f"{u['bytes_ratio']:.2f} / {u['ratio']:.2f} "
-                 f"[{q1:.2f}-{q3:.2f}] / {s['ratio']:.2f}{noise}")
+      row.append(f"{u['bytes_ratio']:.2f} / {u['temp_bytes'] / 2**20:.0f}"
+                 f" / {u['ratio']:.2f} [{q1:.2f}-{q3:.2f}] / "
+                 f"{s['ratio']:.2f}{noise}")
     lines.append(f"| {name} | " + " | ".join(row) + " |")
   return "\n".join(lines)
 

@@ -29,6 +29,7 @@ from lawn_optax.projection import (
     NormConstraintState,
     TangentProjectionState,
     constrain_norms,
+    constrain_norms_after,
     project_to_tangent,
 )
 from lawn_optax.wrs import rescale_batch_stats, weight_rescaling
@@ -42,6 +43,7 @@ __all__ = [
     "batch_size_schedule",
     "cblr",
     "constrain_norms",
+    "constrain_norms_after",
     "fixnorm",
     "fixnorm_search",
     "frozen_norms",

@@ -8,7 +8,7 @@ import optax
 
 from lawn_optax import _tree
 from lawn_optax.numerics import DEFAULT_EPS
-from lawn_optax.projection import constrain_norms, project_to_tangent
+from lawn_optax.projection import constrain_norms_after, project_to_tangent
 
 
 def lawn(
@@ -24,7 +24,9 @@ def lawn(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stacks LAWN onto ``base_tx``: train freely, then freeze weight norms.
 
-  Steps ``0 .. free_steps - 1`` are exactly ``base_tx``'s (bit-for-bit). At
+  Steps ``0 .. free_steps - 1`` are ``base_tx``'s steps (the same
+  arithmetic on the same inputs; XLA may round the last bit differently, as
+  between any two differently fused programs). At
   step ``free_steps`` the norm of every masked weight is frozen at its current
   value, and from then on each update is retracted so that every masked norm
   stays at its frozen value:
@@ -50,10 +52,16 @@ def lawn(
   (SGDm): equal within the seed spread, so ``granularity="tensor"``, the
   paper's "weight norms of layers", with one scalar of state per weight.
 
-  The result is ``optax.named_chain(("base", base_tx), ("lawn", ...))``, with
-  ``("tangent", ...)`` first when projecting, so ``state["base"]`` is the base
-  optimizer's state and ``state["lawn"].targets`` the frozen norms (see also
-  :func:`lawn_optax.frozen_norms`).
+  The result is :func:`lawn_optax.constrain_norms_after`: the state and
+  results of ``optax.named_chain(("base", base_tx), ("lawn",
+  constrain_norms(...)))``, with ``("tangent", ...)`` first when projecting,
+  so ``state["base"]`` is the base optimizer's state and
+  ``state["lawn"].targets`` the frozen norms (see also
+  :func:`lawn_optax.frozen_norms`). With ``free_steps > 0`` (or traced) the
+  free phase runs ``base_tx``'s step alone, and the constrained phase
+  recomputes ``base_tx``'s update inside the gate for the norm rather than
+  storing it (see there for the passes, and for when the plain chain is used
+  instead); to store the update, build that chain yourself.
 
   Weights whose norm is exactly zero at the freeze step (e.g. a zero-initialised
   head with ``free_steps=0``) have nothing to freeze: they stay unconstrained,
@@ -109,11 +117,11 @@ def lawn(
   _tree.check_granularity(granularity)
   common = dict(start_step=free_steps, granularity=granularity,
                 unit_axis=unit_axis)
-  steps = [("base", base_tx), ("lawn", constrain_norms(
-      mask, eps=norm_eps, retraction=retraction, **common))]
+  steps = [("base", base_tx)]
   if tangent_projection:
     steps.insert(0, ("tangent", project_to_tangent(mask, **common)))
-  return optax.named_chain(*steps)
+  return constrain_norms_after(steps, "lawn", mask, eps=norm_eps,
+                               retraction=retraction, **common)
 
 
 def lawn_adam(

@@ -10,6 +10,7 @@ branch-free, so one compiled step serves the whole run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +24,7 @@ from lawn_optax.numerics import (
   leaf_norm,
   rescaled_update,
   retract,
+  sum_squares_of_sum,
   tangent,
 )
 
@@ -94,6 +96,100 @@ def _gate(count: jax.Array, start_step: Any, period: Any, act: Any, skip: Any,
   return jax.lax.cond(_active(count, start_step, period), act, skip, operands)
 
 
+class _Constraint(NamedTuple):
+  """The validated settings of one :func:`constrain_norms`."""
+  mask: Any
+  target: Any
+  start_step: Any
+  period: Any
+  granularity: str
+  unit_axis: int
+  eps: float
+  lazy: bool
+
+  @property
+  def always_active(self) -> bool:
+    return (_is_static_int(self.start_step) and self.start_step == 0
+            and _is_static_int(self.period) and self.period == 1)
+
+  def norm_of(self, x: jax.Array) -> jax.Array:
+    return leaf_norm(x, self.granularity, self.unit_axis)
+
+  def init(self, params: Any) -> NormConstraintState:
+    sel = _tree.select(self.mask, params, granularity=self.granularity,
+                       unit_axis=self.unit_axis)
+    leaves = sel.flatten(params, "params")
+    given = ([None] * len(leaves) if self.target is None else
+             _tree.broadcast_prefix(self.target, params, what="target"))
+    targets = sel.map(
+        lambda w, t, path: _initial_target(t, w, path, self.granularity,
+                                           self.unit_axis),
+        leaves, given, sel.paths)
+    return NormConstraintState(count=jnp.zeros([], jnp.int32),
+                               targets=sel.unflatten(targets))
+
+  def select(self, updates: Any, params: Any):
+    """Selection, masked indices, params and update leaves, treedef."""
+    sel, w, u, u_def = _tree.select_update(
+        self.mask, updates, params, granularity=self.granularity,
+        unit_axis=self.unit_axis)
+    return sel, [i for i, f in enumerate(sel.flags) if f], w, u, u_def
+
+  def targets(self, state: NormConstraintState, sel: Any, idx: list,
+              ws: list) -> tuple[list, list]:
+    """All target leaves and the masked ones, captured on ``start_step``."""
+    t_all = sel.flatten(state.targets, "state.targets")
+    ts = [t_all[i] for i in idx]
+    if self.target is None:
+      ts = jax.lax.cond(
+          state.count == jnp.asarray(self.start_step, jnp.int32),
+          lambda: [self.norm_of(x) for x in ws], lambda: ts)
+    return t_all, ts
+
+  def scale(self, t: jax.Array, norm: jax.Array) -> jax.Array:
+    """``t / norm``, or 1 where the target is 0 (left unconstrained)."""
+    return jnp.where(t > 0, t / jnp.maximum(norm, self.eps), 1.0)
+
+  def gate(self, count: jax.Array, act: Any, skip: Any, operands: Any) -> Any:
+    return _gate(count, self.start_step, self.period, act, skip, operands)
+
+  def new_state(self, state: NormConstraintState, sel: Any, idx: list,
+                t_all: list, ts: list) -> NormConstraintState:
+    new_t = list(t_all)
+    for j, i in enumerate(idx):
+      new_t[i] = ts[j]
+    return NormConstraintState(count=optax.safe_increment(state.count),
+                               targets=sel.unflatten(new_t))
+
+  def update(self, updates: Any, state: NormConstraintState,
+             params: Any = None, **extra_args: Any) -> tuple[Any, Any]:
+    del extra_args
+    sel, idx, w, u, u_def = self.select(updates, params)
+    ws, us = [w[i] for i in idx], [u[i] for i in idx]
+    t_all, ts = self.targets(state, sel, idx, ws)
+    count = state.count
+    if self.lazy:
+      # The reductions read only the params (no temporary) and sit behind a
+      # gate with scalar outputs; the rescale (k = 1 when inactive) fuses
+      # with the base update and apply_updates.
+      ns = self.gate(count, lambda ws: [self.norm_of(x) for x in ws],
+                     lambda ws: [jnp.ones_like(t) for t in ts], ws)
+      active = _active(count, self.start_step, self.period)
+      ks = [jnp.where(active, self.scale(t, n), 1.0) for t, n in zip(ts, ns)]
+      new_us = [rescaled_update(wi, ui, k) for wi, ui, k in zip(ws, us, ks)]
+    else:
+      new_us = self.gate(
+          count, lambda us: [retract(wi, ui, ti, self.granularity,
+                                     self.unit_axis, self.eps)
+                             for wi, ui, ti in zip(ws, us, ts)],
+          lambda us: us, us)
+    new_u = list(u)
+    for j, i in enumerate(idx):
+      new_u[i] = new_us[j]
+    return (jax.tree.unflatten(u_def, new_u),
+            self.new_state(state, sel, idx, t_all, ts))
+
+
 def constrain_norms(
     mask: _tree.MaskOrFn,
     *,
@@ -119,12 +215,16 @@ def constrain_norms(
   ``start_step=0`` and ``period=1`` there is no gate.
 
   Cost (``retraction="exact"``): the norm ``||w + u||`` must be complete
-  before any weight is written, so the retraction is one fused reduction over
-  ``w`` and ``u`` followed by one elementwise pass ``u' = k u + (k-1) w``
-  (``w + u`` is never materialised; bf16 weights are read as bf16 and
-  accumulated in float32), which XLA fuses with ``optax.apply_updates`` when
-  both are jitted together: one extra read of ``w`` and ``u`` over the base
-  step (see ``python -m benchmarks.overhead`` for XLA's byte counts).
+  before any weight is written, so the incoming ``u`` is read twice: one
+  fused reduction over ``w`` and ``u`` per tensor, then one elementwise pass
+  ``u' = k u + (k-1) w`` that XLA fuses with ``optax.apply_updates`` (``w +
+  u`` is never materialised; bf16 weights are read as bf16 and accumulated
+  in float32). Because ``u`` has two readers, XLA writes it to one
+  update-sized temporary buffer (tested with XLA's memory analysis); behind a
+  gate that buffer is written on inactive steps too. This transform sees only
+  ``u``, so it cannot avoid the buffer; :func:`constrain_norms_after` (used
+  by :func:`lawn` and :func:`weight_rescaling`, which own their base
+  optimizer) can, by recomputing the base update inside the gate.
 
   ``retraction="lazy"`` divides by the norm of the weight as it is, before
   this step's update, instead of waiting for ``||w + u||``:
@@ -168,65 +268,186 @@ def constrain_norms(
     >>> float(jnp.linalg.norm(optax.apply_updates(params, u)['w']))
     5.0
   """
+  c = _constraint(mask, target, start_step, period, granularity, unit_axis,
+                  eps, retraction)
+  return optax.GradientTransformationExtraArgs(c.init, c.update)
+
+
+def _constraint(mask, target, start_step, period, granularity, unit_axis,
+                eps, retraction) -> _Constraint:
   _tree.check_granularity(granularity)
   _tree.check_step(start_step, "start_step")
   _tree.check_step(period, "period", minimum=1)
   if retraction not in RETRACTIONS:
     raise ValueError(f"retraction must be one of {RETRACTIONS}, got "
                      f"{retraction!r}.")
-  lazy = retraction == "lazy"
-  capture = target is None
-  norm_of = lambda x: leaf_norm(x, granularity, unit_axis)
+  return _Constraint(mask, target, start_step, period, granularity, unit_axis,
+                     eps, retraction == "lazy")
 
-  def init_fn(params):
-    sel = _tree.select(mask, params, granularity=granularity,
-                       unit_axis=unit_axis)
-    leaves = sel.flatten(params, "params")
-    given = ([None] * len(leaves) if capture else
-             _tree.broadcast_prefix(target, params, what="target"))
-    targets = sel.map(
-        lambda w, t, path: _initial_target(t, w, path, granularity, unit_axis),
-        leaves, given, sel.paths)
-    return NormConstraintState(count=jnp.zeros([], jnp.int32),
-                               targets=sel.unflatten(targets))
+
+# Primitives that make an update expensive to compute twice (matrix products,
+# factorisations, loops) or that must not run twice (callbacks).
+_NOT_RECOMPUTED = frozenset({
+    "dot_general", "conv_general_dilated", "while", "scan", "fft", "eigh",
+    "svd", "qr", "cholesky", "lu", "triangular_solve", "schur", "eig",
+    "custom_linear_solve", "sort", "top_k", "pure_callback", "io_callback",
+    "debug_callback", "callback", "custom_call"})
+
+
+def _cheap_to_recompute(jaxpr: Any) -> bool:
+  """Whether a jaxpr holds only elementwise ops and reductions (recursively)."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in _NOT_RECOMPUTED:
+      return False
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns") and not _cheap_to_recompute(inner):
+          return False
+  return True
+
+
+def _rescaled_when(active: jax.Array, w: jax.Array, u: jax.Array,
+                   k: jax.Array) -> jax.Array:
+  """``k u + (k - 1) w`` when ``active``, else ``u`` bit for bit:
+  ``1 * u + (-0.0)`` is ``u`` for every float, NaN and signed zero included.
+  ``u`` is read once, so XLA fuses its producer here (a ``where`` between
+  two expressions of ``u`` would make XLA write ``u`` to a buffer)."""
+  w32, u32 = w.astype(jnp.float32), u.astype(jnp.float32)
+  shift = jnp.where(active, (k - 1.0) * w32, -0.0)
+  return (jnp.where(active, k, 1.0) * u32 + shift).astype(u.dtype)
+
+
+def _after(x: jax.Array, flag: jax.Array) -> jax.Array:
+  """``x``, bit for bit, as a value that depends on the scalar ``flag``
+  (always 0 or False): an integer OR on the bits, which XLA can neither
+  fold nor move into the float arithmetic that reads ``x``."""
+  bits = jnp.dtype(f"uint{8 * x.dtype.itemsize}")
+  zero = jnp.asarray(jnp.logical_not(flag), bits)
+  return jax.lax.bitcast_convert_type(
+      jax.lax.bitcast_convert_type(x, bits) | zero, x.dtype)
+
+
+def constrain_norms_after(
+    steps: Sequence[tuple[str, optax.GradientTransformation]],
+    name: str,
+    mask: _tree.MaskOrFn,
+    *,
+    target: Any = None,
+    start_step: Any = 0,
+    period: Any = 1,
+    granularity: str = "tensor",
+    unit_axis: int = -1,
+    eps: float = DEFAULT_EPS,
+    retraction: str = "exact",
+) -> optax.GradientTransformationExtraArgs:
+  r"""``optax.named_chain(*steps, (name, constrain_norms(mask, ...)))``,
+  without an update-sized buffer when the constraint is gated.
+
+  Same state and same results as that chain (up to float32 rounding: XLA
+  fuses the base update differently); what differs is the work XLA is given.
+  :func:`constrain_norms` reads the incoming update twice (for the norm, then
+  for the rescale), so XLA writes it to a buffer, and behind a gate it does so
+  on every step. Here the gate holds only the scalars ``||w + u||``: on an
+  active step its branch runs the ``steps``' update once more, fused into a
+  reduction over the gradient, their state and the params (nothing
+  update-sized written); then the ``steps`` run once, and the rescale
+  ``u' = k u + (k - 1) w`` fuses with them and with ``apply_updates``.
+
+  Passes over parameter-sized memory, counted in the optimized HLO of
+  ``lawn(optax.adam(...))`` with ``apply_updates``: inactive steps (LAWN's
+  free phase, WRS between periods) are the base step alone, with no
+  temporary buffer; active steps add one fused reduction that reads the base
+  step's inputs (gradient, moments, params) and recomputes the update.
+  Storing the update instead (the chain) writes it once and reads it twice,
+  in both phases. Recomputing costs the base's arithmetic twice: on a
+  bandwidth-bound device that is free, on a 2-core CPU it is not (see
+  ``benchmarks/results/overhead.md``).
+
+  The chain itself is returned where recomputing gains nothing or is not
+  safe: the lazy retraction (it needs only ``||w||``), no gate (static
+  ``start_step=0`` and ``period=1``: every step is active, so storing the
+  update once is the cheaper way), and ``steps`` whose update holds matrix
+  products, factorisations, loops or callbacks (too dear, or not allowed,
+  to run twice; checked on the traced update).
+
+  Args:
+    steps: ``(name, transformation)`` pairs of the base chain.
+    name: the constraint's name in the state.
+    mask, target, start_step, period, granularity, unit_axis, eps,
+      retraction: as in :func:`constrain_norms`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with ``named_chain``'s
+    state; ``update`` needs ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, lawn_optax as lo
+    >>> params = {'w': jnp.array([3.0, 4.0])}
+    >>> tx = lo.constrain_norms_after([('base', optax.adam(0.1))], 'lawn',
+    ...                               {'w': True}, start_step=1)
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   u, state = tx.update({'w': jnp.array([1.0, -1.0])}, state, params)
+    ...   params = optax.apply_updates(params, u)
+    >>> round(float(jnp.linalg.norm(params['w'])), 4), sorted(state)
+    (5.022, ['base', 'lawn'])
+  """
+  c = _constraint(mask, target, start_step, period, granularity, unit_axis,
+                  eps, retraction)
+  steps = list(steps)
+  names = [n for n, _ in steps]
+  if name in names or len(set(names)) != len(names):
+    raise ValueError(f"constrain_norms_after: the names of steps {names} and "
+                     f"name {name!r} must all differ (they key the state).")
+  chain = optax.named_chain(
+      *steps, (name, optax.GradientTransformationExtraArgs(c.init, c.update)))
+  if c.lazy or c.always_active:
+    return chain
+  base = optax.named_chain(*steps)
 
   def update_fn(updates, state, params=None, **extra_args):
-    del extra_args
-    sel, w, u, u_def = _tree.select_update(
-        mask, updates, params, granularity=granularity, unit_axis=unit_axis)
-    idx = [i for i, f in enumerate(sel.flags) if f]
-    t_all = sel.flatten(state.targets, "state.targets")
-    ws, us = [w[i] for i in idx], [u[i] for i in idx]
-    count = state.count
-    ts = [t_all[i] for i in idx]
-    if capture:
-      ts = jax.lax.cond(count == jnp.asarray(start_step, jnp.int32),
-                        lambda: [norm_of(x) for x in ws], lambda: ts)
-    if lazy:
-      # The reductions read only the params (no temporary) and sit behind a
-      # gate with scalar outputs; the rescale (k = 1 when inactive) fuses
-      # with the base update and apply_updates.
-      ns = _gate(count, start_step, period,
-                 lambda ws: [norm_of(x) for x in ws],
-                 lambda ws: [jnp.ones_like(t) for t in ts], ws)
-      active = _active(count, start_step, period)
-      ks = [jnp.where(active & (t > 0), t / jnp.maximum(n, eps), 1.0)
-            for t, n in zip(ts, ns)]
-      new_us = [rescaled_update(wi, ui, k) for wi, ui, k in zip(ws, us, ks)]
-    else:
-      new_us = _gate(count, start_step, period,
-                     lambda us: [retract(wi, ui, ti, granularity, unit_axis,
-                                         eps)
-                                 for wi, ui, ti in zip(ws, us, ts)],
-                     lambda us: us, us)
-    new_u, new_t = list(u), list(t_all)
-    for j, i in enumerate(idx):
-      new_u[i], new_t[i] = new_us[j], ts[j]
-    new_state = NormConstraintState(count=optax.safe_increment(count),
-                                    targets=sel.unflatten(new_t))
-    return jax.tree.unflatten(u_def, new_u), new_state
+    base_state = {n: state[n] for n in names}
+    base_update = lambda g, s: base.update(g, s, params, **extra_args)
+    if not _cheap_to_recompute(
+        jax.make_jaxpr(base_update)(updates, base_state).jaxpr):
+      return chain.update(updates, state, params, **extra_args)
+    c_state = state[name]
+    sel, idx, w, _, _ = c.select(updates, params)
+    ws = [w[i] for i in idx]
+    t_all, ts = c.targets(c_state, sel, idx, ws)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    def norms(operands):
+      g, s = operands
+      u, _ = base_update(g, s)
+      u = jax.tree.leaves(u, is_leaf=_tree.is_masked_node)
+      ks = [c.scale(t, jnp.sqrt(sum_squares_of_sum(
+          wi, u[i], c.granularity, c.unit_axis)))
+            for t, wi, i in zip(ts, ws, idx)]
+      # Always True, but computed from this branch: selecting the gradient
+      # on it (bits unchanged) orders the in-place writes of the base state
+      # after the branch's reads of it; without it XLA copies the state.
+      after = 0.0 * sum(jnp.sum(jnp.where(jnp.isfinite(k), k, 0.0))
+                        for k in ks) == 0.0
+      return ks, after
+
+    skip = lambda operands: ([jnp.ones_like(t) for t in ts],
+                             jnp.ones([], bool))
+    active = _active(c_state.count, c.start_step, c.period)
+    ks, after = jax.lax.cond(active, norms, skip, (updates, base_state))
+    g, g_def = jax.tree.flatten(updates, is_leaf=_tree.is_masked_node)
+    for i in idx:
+      g[i] = _after(g[i], after)
+    updates = jax.tree.unflatten(g_def, g)
+    u, new_base_state = base_update(updates, base_state)
+    u, u_def = jax.tree.flatten(u, is_leaf=_tree.is_masked_node)
+    for j, i in enumerate(idx):
+      u[i] = _rescaled_when(active, ws[j], u[i], ks[j])
+    new_state = dict(new_base_state)
+    new_state[name] = c.new_state(c_state, sel, idx, t_all, ts)
+    return jax.tree.unflatten(u_def, u), type(state)(new_state)
+
+  return optax.GradientTransformationExtraArgs(chain.init, update_fn)
 
 
 class TangentProjectionState(NamedTuple):

@@ -9,7 +9,7 @@ import optax
 
 from lawn_optax import _tree
 from lawn_optax.numerics import DEFAULT_EPS, leaf_norm, safe_div
-from lawn_optax.projection import constrain_norms
+from lawn_optax.projection import constrain_norms_after
 
 
 def weight_rescaling(
@@ -51,7 +51,10 @@ def weight_rescaling(
       :func:`lawn_optax.constrain_norms`).
 
   Returns:
-    ``optax.named_chain(("base", base_tx), ("wrs", constrain_norms(...)))``.
+    :func:`lawn_optax.constrain_norms_after` ``([("base", base_tx)], "wrs",
+    ...)``: the state and results of ``optax.named_chain(("base", base_tx),
+    ("wrs", constrain_norms(...)))``; with ``period > 1`` the steps between
+    rescales run ``base_tx``'s step alone.
 
   Example:
     >>> import jax.numpy as jnp, optax, lawn_optax as lo
@@ -67,11 +70,10 @@ def weight_rescaling(
     Regularization for Deep Neural Networks with Batch Normalization
     <https://arxiv.org/abs/2102.03497>`_, 2022.
   """
-  return optax.named_chain(
-      ("base", base_tx),
-      ("wrs", constrain_norms(mask, target=target, period=period,
-                              granularity=granularity, unit_axis=unit_axis,
-                              eps=norm_eps, retraction=retraction)))
+  return constrain_norms_after(
+      [("base", base_tx)], "wrs", mask, target=target, period=period,
+      granularity=granularity, unit_axis=unit_axis, eps=norm_eps,
+      retraction=retraction)
 
 
 def rescale_batch_stats(batch_stats: Any, params_before: Any,

@@ -215,6 +215,8 @@ def test_overhead_cell_smoke():
       q1, q3 = r[what]["iqr_s"]
       assert q1 <= r[what]["median_s"] <= q3
       assert r[what]["bytes"] > 0
+      assert r[what]["temp_bytes"] >= 0
+      assert r[what]["minor_faults_per_call"] >= 0
   # The exact retraction reads more than the base; never parameter-sized
   # state: O(constrained tensors/units).
   assert rows["lawn-tensor"]["update"]["bytes_ratio"] > 1.0

@@ -95,7 +95,9 @@ def _mlp_setup():
 
 @pytest.mark.parametrize("granularity", ["tensor", "unit"])
 def test_invariants_in_real_training(granularity):
-  """Bit-exact before the switch; norms frozen after; unmasked == base."""
+  """The base update before the switch (unmasked leaves bit for bit; masked
+  ones to float32 rounding, as LAWN recomputes their update in a differently
+  fused program); norms frozen after; unmasked leaves always the base's."""
   params, loss, x, y = _mlp_setup()
   free_steps, steps = 15, 45
   mask = lo.masks.kernels(params)
@@ -119,8 +121,13 @@ def test_invariants_in_real_training(granularity):
     flat_b = jax.tree.leaves(base_u)
     flat_m = jax.tree.leaves(mask)
     for (path, ui), bi, m in zip(flat_u, flat_b, flat_m):
-      if i < free_steps or not m:
+      if not m:
         np.testing.assert_array_equal(ui, bi, err_msg=f"{path} step {i}")
+      elif i < free_steps:
+        # A few float32 roundings of Adam's arithmetic, at the update's scale.
+        scale = float(jnp.max(jnp.abs(bi)))
+        np.testing.assert_allclose(ui, bi, rtol=0, atol=1e-6 * scale,
+                                   err_msg=f"{path} step {i}")
     if i == free_steps:
       frozen_ref = lo.weight_norms(before, mask, granularity)
     if i >= free_steps:

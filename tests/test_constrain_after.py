@@ -1,0 +1,206 @@
+"""constrain_norms_after: the chain's results without an update-sized buffer.
+
+It recomputes the base update inside the gate instead of storing it, so the
+checks are: same results and state as ``named_chain(..., constrain_norms)``;
+inactive steps are the base step; XLA's compiled program really holds no
+update-sized temporary (memory analysis); and bases that must not or should
+not run twice fall back to the chain.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lawn_optax as lo
+from lawn_optax import projection
+
+
+def _params(rng, dtype=jnp.float32):
+  return {"k1": jnp.asarray(rng.normal(size=(6, 5)), dtype),
+          "b1": jnp.asarray(rng.normal(size=(5,)), dtype),
+          "k2": jnp.asarray(rng.normal(size=(5, 3)), dtype)}
+
+
+MASK = {"k1": True, "b1": False, "k2": True}
+
+BASES = {
+    "adam": lambda: optax.adam(0.05),
+    "sgdm": lambda: optax.sgd(0.1, momentum=0.9),
+    "lamb": lambda: optax.lamb(0.05),
+    "clip+adamw": lambda: optax.chain(optax.clip_by_global_norm(1.0),
+                                      optax.adamw(0.05, weight_decay=0.1)),
+}
+
+SETTINGS = {
+    "lawn": dict(start_step=3),
+    "lawn-unit": dict(start_step=3, granularity="unit"),
+    "wrs": dict(target=2.0, period=3, granularity="unit"),
+    "traced-start": dict(start_step=jnp.asarray(2)),
+}
+
+
+def _run(tx, params, grads, steps):
+  step = jax.jit(tx.update)
+  state = tx.init(params)
+  out = []
+  for g in grads[:steps]:
+    u, state = step(g, state, params)
+    params = optax.apply_updates(params, u)
+    out.append((u, params, state))
+  return out
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("base", BASES)
+def test_same_results_and_state_as_the_chain(base, setting):
+  rng = np.random.default_rng(0)
+  params = _params(rng)
+  grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape),
+                                              x.dtype), params)
+           for _ in range(10)]
+  kw = SETTINGS[setting]
+  fused = lo.constrain_norms_after([("base", BASES[base]())], "c", MASK, **kw)
+  chain = optax.named_chain(("base", BASES[base]()),
+                            ("c", lo.constrain_norms(MASK, **kw)))
+  assert fused is not chain
+  got, want = _run(fused, params, grads, 10), _run(chain, params, grads, 10)
+  for (u, p, s), (u_ref, p_ref, s_ref) in zip(got, want):
+    chex.assert_trees_all_equal_structs(s, s_ref)
+    chex.assert_trees_all_close(u, u_ref, rtol=2e-5, atol=1e-6)
+    chex.assert_trees_all_close(p, p_ref, rtol=2e-5, atol=1e-6)
+    chex.assert_trees_all_close(s["c"].targets, s_ref["c"].targets,
+                                rtol=1e-5)
+  # The constraint holds on the fused path's own trajectory.
+  last_p, last_s = got[-1][1], got[-1][2]
+  norms = lo.weight_norms(last_p, MASK, kw.get("granularity", "tensor"))
+  chex.assert_trees_all_close(norms, last_s["c"].targets, rtol=1e-5)
+
+
+def test_inactive_steps_are_the_base_step():
+  """SGD's update is one multiply: on inactive steps it must come out bit
+  for bit, and the unconstrained leaves on every step."""
+  rng = np.random.default_rng(1)
+  params = _params(rng)
+  lr = 0.1
+  tx = lo.lawn(optax.sgd(lr), free_steps=4, mask=MASK)
+  step = jax.jit(tx.update)
+  state = tx.init(params)
+  for t in range(8):
+    g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape),
+                                           x.dtype), params)
+    u, state = step(g, state, params)
+    for k in params:
+      if t < 4 or not MASK[k]:
+        np.testing.assert_array_equal(u[k], -lr * g[k], err_msg=f"{k} {t}")
+    params = optax.apply_updates(params, u)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_inactive_rescale_is_the_identity_on_every_float(dtype):
+  special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -3.5, 7.0])
+  u = jnp.asarray(special, dtype)
+  w = jnp.asarray(special[::-1], dtype)
+  k = jnp.asarray(1.7, jnp.float32)
+  with jax.numpy_dtype_promotion("strict"):  # library code: no implicit casts
+    got = projection._rescaled_when(jnp.asarray(False), w, u, k)
+  bits = f"uint{8 * jnp.dtype(dtype).itemsize}"
+  np.testing.assert_array_equal(np.asarray(got).view(bits),
+                                np.asarray(u).view(bits))
+  active = projection._rescaled_when(jnp.asarray(True), w[3:], u[3:], k)
+  want = lo.numerics.rescaled_update(w[3:], u[3:], k)
+  np.testing.assert_array_equal(np.asarray(active, np.float32),
+                                np.asarray(want, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_after_keeps_the_bits(dtype):
+  x = jnp.asarray([np.nan, -0.0, 0.0, np.inf, 1e-40, -2.5], dtype)
+  bits = f"uint{8 * jnp.dtype(dtype).itemsize}"
+  with jax.numpy_dtype_promotion("strict"):
+    got = jax.jit(projection._after)(x, jnp.asarray(True))
+  np.testing.assert_array_equal(np.asarray(got).view(bits),
+                                np.asarray(x).view(bits))
+
+
+def _temp_bytes(tx, params, grads):
+  state = tx.init(params)
+
+  def update_apply(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  compiled = jax.jit(update_apply, donate_argnums=(0, 1)).lower(
+      params, state, grads).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("free_steps", [0, 10**6])
+@pytest.mark.parametrize("base", ["adam", "sgdm"])
+def test_no_update_sized_temporary(base, free_steps):
+  """XLA's memory analysis of update+apply (donated, as in training): the
+  gated LAWN holds no buffer the size of a constrained weight, in the
+  constrained phase (traced start) and in the free phase; the chain it
+  replaces holds one (so the check can fail)."""
+  key = jax.random.key(0)
+  params = {"w": jax.random.normal(key, (512, 512)),
+            "b": jnp.zeros(512),
+            "v": jax.random.normal(key, (512, 256))}
+  grads = jax.tree.map(lambda x: 0.01 * jnp.ones_like(x), params)
+  mask = {"w": True, "b": False, "v": True}
+  smallest = 512 * 256 * 4
+  start = jnp.asarray(free_steps)
+  fused = lo.lawn(BASES[base](), free_steps=start, mask=mask)
+  assert _temp_bytes(fused, params, grads) < smallest // 4
+  chain = optax.named_chain(("base", BASES[base]()),
+                            ("lawn", lo.constrain_norms(mask,
+                                                        start_step=start)))
+  if base == "adam":
+    assert _temp_bytes(chain, params, grads) >= smallest
+
+
+class _Rotate(optax.GradientTransformation):
+  """A base with a matrix product in its update (like Muon or Shampoo)."""
+
+  def __new__(cls):
+    def update(g, state, params=None):
+      del params
+      return jax.tree.map(lambda x: x @ jnp.eye(x.shape[-1], dtype=x.dtype)
+                          if x.ndim == 2 else x, g), state
+    return super().__new__(cls, lambda p: optax.EmptyState(), update)
+
+
+def test_expensive_or_effectful_bases_run_once():
+  calls = []
+
+  def noted(g, state, params=None):
+    jax.debug.callback(lambda: calls.append(1))
+    return g, state
+
+  rng = np.random.default_rng(2)
+  params = _params(rng)
+  g = jax.tree.map(jnp.ones_like, params)
+  for base, cheap in [(optax.adam(0.1), True), (_Rotate(), False),
+                      (optax.GradientTransformation(
+                          lambda p: optax.EmptyState(), noted), False)]:
+    jaxpr = jax.make_jaxpr(lambda g, s, base=base: base.update(g, s, params))(
+        g, base.init(params)).jaxpr
+    assert projection._cheap_to_recompute(jaxpr) is cheap
+  tx = lo.lawn(optax.GradientTransformation(lambda p: optax.EmptyState(),
+                                            noted), free_steps=1, mask=MASK)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(4):
+    u, state = step(g, state, params)
+    params = optax.apply_updates(params, u)
+  jax.effects_barrier()
+  assert len(calls) == 4  # once per step, not twice on constrained steps
+  # The fallback is the chain: same numbers as building it by hand.
+  tx = lo.lawn(_Rotate(), free_steps=1, mask=MASK)
+  ref = optax.named_chain(("base", _Rotate()),
+                          ("lawn", lo.constrain_norms(MASK, start_step=1)))
+  got, want = _run(tx, params, [g] * 3, 3), _run(ref, params, [g] * 3, 3)
+  chex.assert_trees_all_close(got[-1][1], want[-1][1], rtol=1e-6)
+
