@@ -14,8 +14,9 @@ import jax.numpy as jnp
 
 from lawn_optax import _tree
 
-__all__ = ["DEFAULT_EPS", "leaf_norm", "norms", "rescaled_update", "retract",
-           "safe_div", "sum_squares", "sum_squares_of_sum", "tangent"]
+__all__ = ["DEFAULT_EPS", "leaf_norm", "norms", "radial_coefficient",
+           "rescaled_update", "retract", "safe_div", "sum_squares",
+           "sum_squares_of_sum", "tangent"]
 
 # Below this norm a direction is undefined; the retraction then leaves the
 # weight where it is rather than dividing by ~0.
@@ -94,15 +95,20 @@ def sum_squares_of_sum(w: jax.Array, u: jax.Array, granularity: str = "tensor",
   return jnp.sum(v * v, axis=axes, keepdims=axes is not None)
 
 
-def tangent(w: jax.Array, g: jax.Array, granularity: str = "tensor",
-            unit_axis: int = -1) -> jax.Array:
-  """``g - (<g, w> / ||w||^2) w`` per tensor or unit; ``g`` where ``w == 0``."""
+def radial_coefficient(w: jax.Array, g: jax.Array, granularity: str = "tensor",
+                       unit_axis: int = -1) -> jax.Array:
+  """Float32 ``<g, w> / ||w||^2`` per tensor or unit (0 where ``w == 0``)."""
   w32, g32 = w.astype(jnp.float32), g.astype(jnp.float32)
   axes = _reduce_axes(w.ndim, granularity, unit_axis)
   inner = jnp.sum(w32 * g32, axis=axes, keepdims=axes is not None)
-  sq = sum_squares(w32, granularity, unit_axis)
-  coef = safe_div(inner, sq, 0.0)
-  return (g32 - coef * w32).astype(g.dtype)
+  return safe_div(inner, sum_squares(w32, granularity, unit_axis), 0.0)
+
+
+def tangent(w: jax.Array, g: jax.Array, granularity: str = "tensor",
+            unit_axis: int = -1) -> jax.Array:
+  """``g - (<g, w> / ||w||^2) w`` per tensor or unit; ``g`` where ``w == 0``."""
+  coef = radial_coefficient(w, g, granularity, unit_axis)
+  return (g.astype(jnp.float32) - coef * w.astype(jnp.float32)).astype(g.dtype)
 
 
 def rescaled_update(w: jax.Array, u: jax.Array, k: jax.Array) -> jax.Array:

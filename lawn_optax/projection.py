@@ -22,10 +22,10 @@ from lawn_optax import _tree
 from lawn_optax.numerics import (
   DEFAULT_EPS,
   leaf_norm,
+  radial_coefficient,
   rescaled_update,
   retract,
   sum_squares_of_sum,
-  tangent,
 )
 
 
@@ -285,19 +285,24 @@ def _constraint(mask, target, start_step, period, granularity, unit_axis,
                      eps, retraction == "lazy")
 
 
-# Primitives that make an update expensive to compute twice (matrix products,
-# factorisations, loops) or that must not run twice (callbacks).
+# Primitives that make an update more than one elementwise pass (matrix
+# products, factorisations, loops, reductions: recomputing it would repeat
+# every pass) or that must not run twice (callbacks).
 _NOT_RECOMPUTED = frozenset({
     "dot_general", "conv_general_dilated", "while", "scan", "fft", "eigh",
     "svd", "qr", "cholesky", "lu", "triangular_solve", "schur", "eig",
-    "custom_linear_solve", "sort", "top_k", "pure_callback", "io_callback",
-    "debug_callback", "callback", "custom_call"})
+    "custom_linear_solve", "sort", "top_k", "argmax", "argmin",
+    "pure_callback", "io_callback", "debug_callback", "callback",
+    "custom_call"})
 
 
 def _cheap_to_recompute(jaxpr: Any) -> bool:
-  """Whether a jaxpr holds only elementwise ops and reductions (recursively)."""
+  """Whether a jaxpr is elementwise (no reduction, product, loop or
+  callback, recursively): one fused pass that is cheap to run twice."""
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name in _NOT_RECOMPUTED:
+    name = eqn.primitive.name
+    if (name in _NOT_RECOMPUTED or name.startswith(("reduce_", "cum"))
+        or "callback" in name):
       return False
     for value in eqn.params.values():
       for sub in value if isinstance(value, (tuple, list)) else (value,):
@@ -367,9 +372,11 @@ def constrain_norms_after(
   The chain itself is returned where recomputing gains nothing or is not
   safe: the lazy retraction (it needs only ``||w||``), no gate (static
   ``start_step=0`` and ``period=1``: every step is active, so storing the
-  update once is the cheaper way), and ``steps`` whose update holds matrix
-  products, factorisations, loops or callbacks (too dear, or not allowed,
-  to run twice; checked on the traced update).
+  update once is the cheaper way), and ``steps`` whose update is more than
+  one elementwise pass (reductions as in LAMB, global-norm clipping or the
+  tangent projection; matrix products; loops) or holds a callback: running
+  those twice costs more than storing the update, or is not allowed
+  (checked on the traced update).
 
   Args:
     steps: ``(name, transformation)`` pairs of the base chain.
@@ -507,13 +514,21 @@ def project_to_tangent(
     sel, w, g, g_def = _tree.select_update(
         mask, updates, params, granularity=granularity, unit_axis=unit_axis)
     idx = [i for i, f in enumerate(sel.flags) if f]
-    project = lambda gs: [tangent(w[i], gi, granularity, unit_axis)
-                          for i, gi in zip(idx, gs)]
-    gs = _gate(state.count, start_step, 1, project, lambda gs: gs,
-               [g[i] for i in idx])
+    ws, gs = [w[i] for i in idx], [g[i] for i in idx]
+    # The gate holds only the coefficients (reductions over w and g, both
+    # already in memory); the projection is then one elementwise pass that
+    # fuses with the base optimizer, and an identity on inactive steps.
+    coefs = _gate(
+        state.count, start_step, 1,
+        lambda ops: [radial_coefficient(wi, gi, granularity, unit_axis)
+                     for wi, gi in zip(*ops)],
+        lambda ops: [jnp.zeros(_norm_shape(wi, granularity, unit_axis),
+                               jnp.float32) for wi in ops[0]], (ws, gs))
+    active = _active(state.count, start_step, 1)
     new_g = list(g)
-    for i, gi in zip(idx, gs):
-      new_g[i] = gi
+    for i, wi, gi, c in zip(idx, ws, gs, coefs):
+      radial = jnp.where(active, -c * wi.astype(jnp.float32), -0.0)
+      new_g[i] = (gi.astype(jnp.float32) + radial).astype(gi.dtype)
     return (jax.tree.unflatten(g_def, new_g),
             TangentProjectionState(count=optax.safe_increment(state.count)))
 
