@@ -293,3 +293,19 @@ def test_cnn_task_carries_batchnorm_statistics_and_lawn_freezes_its_head():
   assert 0.0 <= cell["test_mean"] <= 1.0
   with pytest.raises(ValueError, match="image dataset"):
     generalization.make_task("mnist1d", (), model="cnn")
+
+
+def test_retraction_ablation_runs_at_the_protocols_choices():
+  from benchmarks import retraction
+  committed = json.loads(
+      (common.RESULTS / "generalization_mnist1d.json").read_text())
+  choices = retraction._protocol_choices(
+      common.RESULTS / "generalization_mnist1d.json")
+  cells = committed["cells"]["lawn-adam"]
+  assert sorted(choices) == sorted(c["batch_size"] for c in cells)
+  for c in cells:
+    got = choices[c["batch_size"]]
+    assert got["lr"] == c["selected"]["lr"]
+    assert got["free_frac"] == c["selected"]["free_frac"]
+    assert (got["epochs"], got["schedule"]) == (c["epochs"],
+                                                committed["schedule"])
