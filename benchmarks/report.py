@@ -111,7 +111,10 @@ def step_cost_section(results_dir: Path = common.RESULTS) -> str:
            "`bytes accessed`; gated variants (LAWN with `free_steps` > 0, "
            "WRS between periods) over-count, as XLA counts both branches of "
            "a `lax.cond`. Temp is XLA's temporary buffer for update+apply "
-           "(the base's is 0). "
+           "in MiB (the base's: " + ", ".join(
+               f"{c['optimizer']} "
+               f"{c['variants']['base']['update']['temp_bytes'] / 2**20:.0f}"
+               for c in cells) + "). "
            "Every cell, the smaller MLPs and the CNN: "
            "`benchmarks/results/overhead.md`.", "",
            head, "|---|" + "---|" * len(cells)]
