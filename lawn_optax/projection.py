@@ -286,8 +286,8 @@ def _constraint(mask, target, start_step, period, granularity, unit_axis,
 
 
 # Primitives that make an update more than one elementwise pass (matrix
-# products, factorisations, loops, reductions: recomputing it would repeat
-# every pass) or that must not run twice (callbacks).
+# products, factorisations, loops, reductions, collectives: recomputing it
+# would repeat every pass) or that must not run twice (callbacks).
 _NOT_RECOMPUTED = frozenset({
     "dot_general", "conv_general_dilated", "while", "scan", "fft", "eigh",
     "svd", "qr", "cholesky", "lu", "triangular_solve", "schur", "eig",
@@ -301,8 +301,9 @@ def _cheap_to_recompute(jaxpr: Any) -> bool:
   callback, recursively): one fused pass that is cheap to run twice."""
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
-    if (name in _NOT_RECOMPUTED or name.startswith(("reduce_", "cum"))
-        or "callback" in name):
+    if (name in _NOT_RECOMPUTED or "callback" in name or name.startswith(
+        ("reduce_", "cum", "psum", "pmax", "pmin", "all_gather", "all_to_all",
+         "ppermute", "pbroadcast"))):
       return False
     for value in eqn.params.values():
       for sub in value if isinstance(value, (tuple, list)) else (value,):

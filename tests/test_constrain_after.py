@@ -204,3 +204,19 @@ def test_expensive_or_effectful_bases_run_once():
   got, want = _run(tx, params, [g] * 3, 3), _run(ref, params, [g] * 3, 3)
   chex.assert_trees_all_close(got[-1][1], want[-1][1], rtol=1e-6)
 
+
+
+def test_collectives_in_the_base_are_not_rerun():
+  """A base that all-reduces the gradient (inside shard_map) keeps the
+  stored update: rerunning it would repeat the all-reduce."""
+  from jax.sharding import PartitionSpec as P
+  mesh = jax.make_mesh((1,), ("d",))
+  seen = []
+
+  def body(g):
+    jaxpr = jax.make_jaxpr(lambda x: jax.lax.pmean(x, "d") * 2.0)(g)
+    seen.append(projection._cheap_to_recompute(jaxpr.jaxpr))
+    return g
+
+  jax.shard_map(body, mesh=mesh, in_specs=P(), out_specs=P())(jnp.ones(3))
+  assert seen == [False]
