@@ -137,20 +137,21 @@ def _temp_bytes(tx, params, grads):
   return compiled.memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("free_steps", [0, 10**6])
 @pytest.mark.parametrize("base", ["adam", "sgdm"])
-def test_no_update_sized_temporary(base, free_steps):
+def test_no_update_sized_temporary(base, free_steps, dtype):
   """XLA's memory analysis of update+apply (donated, as in training): the
-  gated LAWN holds no buffer the size of a constrained weight, in the
-  constrained phase (traced start) and in the free phase; the chain it
-  replaces holds one (so the check can fail)."""
+  gated LAWN holds no buffer the size of a constrained weight (nor a float32
+  copy of a bf16 one), in the constrained phase (traced start) and in the
+  free phase; the chain it replaces holds one (so the check can fail)."""
   key = jax.random.key(0)
-  params = {"w": jax.random.normal(key, (512, 512)),
-            "b": jnp.zeros(512),
-            "v": jax.random.normal(key, (512, 256))}
+  params = {"w": jax.random.normal(key, (512, 512), dtype),
+            "b": jnp.zeros(512, dtype),
+            "v": jax.random.normal(key, (512, 256), dtype)}
   grads = jax.tree.map(lambda x: 0.01 * jnp.ones_like(x), params)
   mask = {"w": True, "b": False, "v": True}
-  smallest = 512 * 256 * 4
+  smallest = 512 * 256 * jnp.dtype(dtype).itemsize
   start = jnp.asarray(free_steps)
   fused = lo.lawn(BASES[base](), free_steps=start, mask=mask)
   assert _temp_bytes(fused, params, grads) < smallest // 4
