@@ -382,8 +382,8 @@ def constrain_norms_after(
   Args:
     steps: ``(name, transformation)`` pairs of the base chain.
     name: the constraint's name in the state.
-    mask, target, start_step, period, granularity, unit_axis, eps,
-      retraction: as in :func:`constrain_norms`.
+    mask: as in :func:`constrain_norms`; so are ``target``, ``start_step``,
+      ``period``, ``granularity``, ``unit_axis``, ``eps`` and ``retraction``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with ``named_chain``'s
