@@ -319,15 +319,17 @@ def _rescaled_when(active: jax.Array, w: jax.Array, u: jax.Array,
   ``1 * u + (-0.0)`` is ``u`` for every float, NaN and signed zero included.
   ``u`` is read once, so XLA fuses its producer here (a ``where`` between
   two expressions of ``u`` would make XLA write ``u`` to a buffer)."""
-  w32, u32 = w.astype(jnp.float32), u.astype(jnp.float32)
-  shift = jnp.where(active, (k - 1.0) * w32, -0.0)
-  return (jnp.where(active, k, 1.0) * u32 + shift).astype(u.dtype)
+  # float32 at least (float64 stays float64, so the identity stays exact).
+  dtype = jnp.float64 if u.dtype == jnp.float64 else jnp.float32
+  w_, u_, k = w.astype(dtype), u.astype(dtype), k.astype(dtype)
+  shift = jnp.where(active, (k - 1.0) * w_, -0.0)
+  return (jnp.where(active, k, 1.0) * u_ + shift).astype(u.dtype)
 
 
 def _after(x: jax.Array, flag: jax.Array) -> jax.Array:
   """``x``, bit for bit, as a value that depends on the scalar ``flag``
-  (always 0 or False): an integer OR on the bits, which XLA can neither
-  fold nor move into the float arithmetic that reads ``x``."""
+  (always True): an integer OR of 0 on its bits, which XLA can neither fold
+  nor move into the float arithmetic that reads ``x``."""
   bits = jnp.dtype(f"uint{8 * x.dtype.itemsize}")
   zero = jnp.asarray(jnp.logical_not(flag), bits)
   return jax.lax.bitcast_convert_type(
@@ -528,8 +530,10 @@ def project_to_tangent(
     active = _active(state.count, start_step, 1)
     new_g = list(g)
     for i, wi, gi, c in zip(idx, ws, gs, coefs):
-      radial = jnp.where(active, -c * wi.astype(jnp.float32), -0.0)
-      new_g[i] = (gi.astype(jnp.float32) + radial).astype(gi.dtype)
+      # float32 at least (float64 stays float64: the identity stays exact).
+      dtype = jnp.float64 if gi.dtype == jnp.float64 else jnp.float32
+      radial = jnp.where(active, -c.astype(dtype) * wi.astype(dtype), -0.0)
+      new_g[i] = (gi.astype(dtype) + radial).astype(gi.dtype)
     return (jax.tree.unflatten(g_def, new_g),
             TangentProjectionState(count=optax.safe_increment(state.count)))
 

@@ -221,3 +221,26 @@ def test_collectives_in_the_base_are_not_rerun():
 
   jax.shard_map(body, mesh=mesh, in_specs=P(), out_specs=P())(jnp.ones(3))
   assert seen == [False]
+
+
+def test_inactive_rescale_keeps_float64():
+  """With x64 on, a float64 update passes through unrounded."""
+  with jax.enable_x64(True):
+    u = jnp.asarray([1.0 + 1e-12, np.nan, -0.0, 3.0], jnp.float64)
+    w = jnp.ones(4, jnp.float64)
+    got = projection._rescaled_when(jnp.asarray(False), w, u,
+                                    jnp.asarray(1.3, jnp.float32))
+    assert got.dtype == jnp.float64
+    np.testing.assert_array_equal(np.asarray(got).view("uint64"),
+                                  np.asarray(u).view("uint64"))
+
+
+def test_inactive_tangent_projection_keeps_float64():
+  with jax.enable_x64(True):
+    w = {"w": jnp.asarray([[1.0, 2.0], [3.0, 4.0]], jnp.float64)}
+    g = {"w": jnp.asarray([[1.0 + 1e-12, -0.0], [np.nan, 5.0]], jnp.float64)}
+    tx = lo.project_to_tangent(True, start_step=5)
+    got, _ = tx.update(g, tx.init(w), w)
+    assert got["w"].dtype == jnp.float64
+    np.testing.assert_array_equal(np.asarray(got["w"]).view("uint64"),
+                                  np.asarray(g["w"]).view("uint64"))
