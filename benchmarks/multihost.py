@@ -203,13 +203,19 @@ def agree_on_mask(mask, params) -> None:
 
 
 def launch(args, rest) -> int:
-  """Starts ``--processes`` local copies of ``run`` and waits for them."""
+  """Starts ``--processes`` local copies of ``run`` and waits for them.
+
+  Each process's stderr goes to its own file and is printed whole once the
+  processes have ended, one after the other: messages of different processes
+  never interleave mid-line."""
+  import tempfile
   port = args.port
+  logs = [tempfile.TemporaryFile(mode="w+") for _ in range(args.processes)]
   procs = [subprocess.Popen(
       [sys.executable, "-m", "benchmarks.multihost", "run",
        "--process-id", str(i), "--num-processes", str(args.processes),
        "--coordinator", f"localhost:{port}",
-       "--local-devices", str(args.local_devices), *rest])
+       "--local-devices", str(args.local_devices), *rest], stderr=logs[i])
            for i in range(args.processes)]
   # Like a job scheduler: when one process dies, stop the others (they
   # would wait on its collectives), and give up after --timeout seconds.
@@ -225,6 +231,10 @@ def launch(args, rest) -> int:
       break
     time.sleep(0.2)
   codes = [p.wait() for p in procs]
+  for log in logs:
+    log.seek(0)
+    sys.stderr.write(log.read())
+    log.close()
   return max(abs(c) for c in codes)
 
 
