@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from lawn_optax import _tree
 
 __all__ = ["DEFAULT_EPS", "leaf_norm", "norms", "radial_coefficient",
-           "rescaled_update", "retract", "safe_div", "sum_squares",
-           "sum_squares_of_sum", "tangent"]
+           "rescaled_update", "retract", "retraction_scale", "safe_div",
+           "sum_squares", "sum_squares_of_sum", "tangent"]
 
 # Below this norm a direction is undefined; the retraction then leaves the
 # weight where it is rather than dividing by ~0.
@@ -83,8 +83,14 @@ def retract(w: jax.Array, u: jax.Array, target: jax.Array,
   rather than pinned at 0).
   """
   norm = jnp.sqrt(sum_squares_of_sum(w, u, granularity, unit_axis))
-  k = jnp.where(target > 0, target / jnp.maximum(norm, eps), 1.0)
-  return rescaled_update(w, u, k)
+  return rescaled_update(w, u, retraction_scale(target, norm, eps))
+
+
+def retraction_scale(target: jax.Array, norm: jax.Array,
+                     eps: float = DEFAULT_EPS) -> jax.Array:
+  """``target / max(norm, eps)``, or 1 where ``target`` is 0 (a weight
+  with nothing frozen is left unconstrained)."""
+  return jnp.where(target > 0, target / jnp.maximum(norm, eps), 1.0)
 
 
 def sum_squares_of_sum(w: jax.Array, u: jax.Array, granularity: str = "tensor",

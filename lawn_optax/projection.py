@@ -25,6 +25,7 @@ from lawn_optax.numerics import (
   radial_coefficient,
   rescaled_update,
   retract,
+  retraction_scale,
   sum_squares_of_sum,
 )
 
@@ -85,13 +86,31 @@ def _is_static_int(x: Any) -> bool:
   return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
+def _always_active(start_step: Any, period: Any) -> bool:
+  """Statically every step: ``start_step=0`` and ``period=1`` as ints."""
+  return (_is_static_int(start_step) and start_step == 0
+          and _is_static_int(period) and period == 1)
+
+
+def _compute_dtype(x: jax.Array) -> Any:
+  """float32 at least; float64 stays float64 (identities stay exact)."""
+  return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+
+
+def _with(leaves: list, idx: list, values: list) -> list:
+  """``leaves`` with ``leaves[idx[j]]`` replaced by ``values[j]``."""
+  out = list(leaves)
+  for i, v in zip(idx, values):
+    out[i] = v
+  return out
+
+
 def _gate(count: jax.Array, start_step: Any, period: Any, act: Any, skip: Any,
           operands: Any) -> Any:
   """``act(operands)`` on active steps, ``skip(operands)`` otherwise, as one
   tree-level ``lax.cond`` (only the taken branch runs); no gate at all when
   every step is active (static ``start_step=0``, ``period=1``)."""
-  if _is_static_int(start_step) and start_step == 0 and (
-      _is_static_int(period) and period == 1):
+  if _always_active(start_step, period):
     return act(operands)
   return jax.lax.cond(_active(count, start_step, period), act, skip, operands)
 
@@ -109,8 +128,7 @@ class _Constraint(NamedTuple):
 
   @property
   def always_active(self) -> bool:
-    return (_is_static_int(self.start_step) and self.start_step == 0
-            and _is_static_int(self.period) and self.period == 1)
+    return _always_active(self.start_step, self.period)
 
   def norm_of(self, x: jax.Array) -> jax.Array:
     return leaf_norm(x, self.granularity, self.unit_axis)
@@ -147,19 +165,15 @@ class _Constraint(NamedTuple):
     return t_all, ts
 
   def scale(self, t: jax.Array, norm: jax.Array) -> jax.Array:
-    """``t / norm``, or 1 where the target is 0 (left unconstrained)."""
-    return jnp.where(t > 0, t / jnp.maximum(norm, self.eps), 1.0)
+    return retraction_scale(t, norm, self.eps)
 
   def gate(self, count: jax.Array, act: Any, skip: Any, operands: Any) -> Any:
     return _gate(count, self.start_step, self.period, act, skip, operands)
 
   def new_state(self, state: NormConstraintState, sel: Any, idx: list,
                 t_all: list, ts: list) -> NormConstraintState:
-    new_t = list(t_all)
-    for j, i in enumerate(idx):
-      new_t[i] = ts[j]
     return NormConstraintState(count=optax.safe_increment(state.count),
-                               targets=sel.unflatten(new_t))
+                               targets=sel.unflatten(_with(t_all, idx, ts)))
 
   def update(self, updates: Any, state: NormConstraintState,
              params: Any = None, **extra_args: Any) -> tuple[Any, Any]:
@@ -183,10 +197,7 @@ class _Constraint(NamedTuple):
                                      self.unit_axis, self.eps)
                              for wi, ui, ti in zip(ws, us, ts)],
           lambda us: us, us)
-    new_u = list(u)
-    for j, i in enumerate(idx):
-      new_u[i] = new_us[j]
-    return (jax.tree.unflatten(u_def, new_u),
+    return (jax.tree.unflatten(u_def, _with(u, idx, new_us)),
             self.new_state(state, sel, idx, t_all, ts))
 
 
@@ -319,8 +330,7 @@ def _rescaled_when(active: jax.Array, w: jax.Array, u: jax.Array,
   ``1 * u + (-0.0)`` is ``u`` for every float, NaN and signed zero included.
   ``u`` is read once, so XLA fuses its producer here (a ``where`` between
   two expressions of ``u`` would make XLA write ``u`` to a buffer)."""
-  # float32 at least (float64 stays float64, so the identity stays exact).
-  dtype = jnp.float64 if u.dtype == jnp.float64 else jnp.float32
+  dtype = _compute_dtype(u)
   w_, u_, k = w.astype(dtype), u.astype(dtype), k.astype(dtype)
   shift = jnp.where(active, (k - 1.0) * w_, -0.0)
   return (jnp.where(active, k, 1.0) * u_ + shift).astype(u.dtype)
@@ -446,13 +456,12 @@ def constrain_norms_after(
     active = _active(c_state.count, c.start_step, c.period)
     ks, after = jax.lax.cond(active, norms, skip, (updates, base_state))
     g, g_def = jax.tree.flatten(updates, is_leaf=_tree.is_masked_node)
-    for i in idx:
-      g[i] = _after(g[i], after)
-    updates = jax.tree.unflatten(g_def, g)
+    updates = jax.tree.unflatten(
+        g_def, _with(g, idx, [_after(g[i], after) for i in idx]))
     u, new_base_state = base_update(updates, base_state)
     u, u_def = jax.tree.flatten(u, is_leaf=_tree.is_masked_node)
-    for j, i in enumerate(idx):
-      u[i] = _rescaled_when(active, ws[j], u[i], ks[j])
+    u = _with(u, idx, [_rescaled_when(active, wi, u[i], k)
+                       for wi, i, k in zip(ws, idx, ks)])
     new_state = dict(new_base_state)
     new_state[name] = c.new_state(c_state, sel, idx, t_all, ts)
     return jax.tree.unflatten(u_def, u), type(state)(new_state)
@@ -528,13 +537,12 @@ def project_to_tangent(
         lambda ops: [jnp.zeros(_norm_shape(wi, granularity, unit_axis),
                                jnp.float32) for wi in ops[0]], (ws, gs))
     active = _active(state.count, start_step, 1)
-    new_g = list(g)
-    for i, wi, gi, c in zip(idx, ws, gs, coefs):
-      # float32 at least (float64 stays float64: the identity stays exact).
-      dtype = jnp.float64 if gi.dtype == jnp.float64 else jnp.float32
+    projected = []
+    for wi, gi, c in zip(ws, gs, coefs):
+      dtype = _compute_dtype(gi)
       radial = jnp.where(active, -c.astype(dtype) * wi.astype(dtype), -0.0)
-      new_g[i] = (gi.astype(dtype) + radial).astype(gi.dtype)
-    return (jax.tree.unflatten(g_def, new_g),
+      projected.append((gi.astype(dtype) + radial).astype(gi.dtype))
+    return (jax.tree.unflatten(g_def, _with(g, idx, projected)),
             TangentProjectionState(count=optax.safe_increment(state.count)))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
