@@ -4,12 +4,15 @@
 # job that runs out of time loses only itself). Run from the repository
 # root with the datasets under .gpudata/ (fashion/, dslabs/, austen/) and
 # $OUT set; on the project's lent machine the wheels in .whl/ pin flax/optax.
+# Arguments name the jobs to run (default: all), e.g. `device_run.sh overhead`.
 set -u
+JOBS=${*:-"lm fashion fashion_cnn mnist1d movielens overhead"}
 R=$OUT/results; mkdir -p "$R"
 export PYTHONUNBUFFERED=1
 pack() { tar czf "$OUT/results.tgz" -C "$OUT" results; }
 job() {  # job NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
+  case " $JOBS " in *" $name "*) ;; *) return 0 ;; esac
   local t0=$SECONDS
   timeout "$limit" "$@" > "$R/log_$name.txt" 2>&1
   echo "$name: rc $? in $((SECONDS - t0)) s" | tee -a "$R/jobs.txt"
@@ -24,5 +27,8 @@ job fashion 60 python3 -m benchmarks.generalization --preset fashion --data .gpu
 job fashion_cnn 120 python3 -m benchmarks.generalization --preset fashion-cnn --data .gpudata/fashion --out "$R"
 job mnist1d 110 python3 -m benchmarks.generalization --full --out "$R"
 job movielens 40 python3 -m benchmarks.generalization --preset movielens --data .gpudata/dslabs/Rdata --out "$R"
-job overhead 50 python3 -m benchmarks.overhead --full --repeats 10 --out "$R" --tag _gpu
+job overhead 420 python3 -m benchmarks.overhead --full --repeats 15 --out "$R" --tag _gpu
+# The projection's tests on the accelerator's jax (its fusion decides the
+# temporaries that test_constrain_after asserts on).
+job tests 100 python3 -m pytest -q -x -p no:cacheprovider tests/test_constrain_after.py
 cat "$R/jobs.txt"

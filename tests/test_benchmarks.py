@@ -205,7 +205,8 @@ def test_generalization_protocol_end_to_end(tmp_path):
 
 
 def test_overhead_cell_smoke():
-  cell = overhead.time_cell("mlp", 16, "adam", batch=8, repeats=3)
+  cell = overhead.time_cell("mlp", 16, "adam", batch=8, repeats=3, inner=2)
+  assert cell["calls_per_repeat"] == 2
   rows = cell["variants"]
   assert set(rows) == set(overhead._variants(None))
   assert rows["base"]["update"]["ratio"] == 1.0
