@@ -4,7 +4,7 @@ LAWN, FixNorm and WRS are all :func:`constrain_norms` with different settings
 (where the targets come from, from which step and how often it acts), plus the
 optional :func:`project_to_tangent` of the gradient. All norm arithmetic is in
 float32 whatever the parameter dtype; the phase gate is one tree-level
-``lax.cond`` (only the taken branch runs) and the guards inside are
+conditional (only the taken branch runs) and the guards inside are
 branch-free, so one compiled step serves the whole run.
 """
 
@@ -105,14 +105,28 @@ def _with(leaves: list, idx: list, values: list) -> list:
   return out
 
 
+def _branch(pred: jax.Array, act: Any, skip: Any, operands: Any) -> Any:
+  """``lax.cond(pred, act, skip, operands)`` that stays a branch in XLA.
+
+  XLA's conditional simplifier replaces a two-way conditional whose branches
+  hold only elementwise ops and reductions by both branches computed and a
+  ``select`` (XLA:GPU does, seen on an H200 with jax 0.11.2: LAWN's free
+  phase then paid for the norms it skips). It leaves a branch that holds any
+  other op; an optimization barrier on ``act``'s result is such an op and
+  costs nothing."""
+  barrier = lambda ops: jax.lax.optimization_barrier(act(ops))
+  return jax.lax.cond(pred, barrier, skip, operands)
+
+
 def _gate(count: jax.Array, start_step: Any, period: Any, act: Any, skip: Any,
           operands: Any) -> Any:
   """``act(operands)`` on active steps, ``skip(operands)`` otherwise, as one
-  tree-level ``lax.cond`` (only the taken branch runs); no gate at all when
-  every step is active (static ``start_step=0``, ``period=1``)."""
+  tree-level conditional (only the taken branch runs: :func:`_branch`); no
+  gate at all when every step is active (static ``start_step=0``,
+  ``period=1``)."""
   if _always_active(start_step, period):
     return act(operands)
-  return jax.lax.cond(_active(count, start_step, period), act, skip, operands)
+  return _branch(_active(count, start_step, period), act, skip, operands)
 
 
 class _Constraint(NamedTuple):
@@ -159,9 +173,8 @@ class _Constraint(NamedTuple):
     t_all = sel.flatten(state.targets, "state.targets")
     ts = [t_all[i] for i in idx]
     if self.target is None:
-      ts = jax.lax.cond(
-          state.count == jnp.asarray(self.start_step, jnp.int32),
-          lambda: [self.norm_of(x) for x in ws], lambda: ts)
+      ts = _branch(state.count == jnp.asarray(self.start_step, jnp.int32),
+                   lambda ws: [self.norm_of(x) for x in ws], lambda _: ts, ws)
     return t_all, ts
 
   def scale(self, t: jax.Array, norm: jax.Array) -> jax.Array:
@@ -221,9 +234,10 @@ def constrain_norms(
 
   on steps ``start_step, start_step + period, ...``; on every other step and on
   unmasked leaves the update passes through bit-for-bit. The gate is one
-  ``lax.cond`` over the whole tree, so inactive steps (LAWN's free phase,
-  WRS between periods) run the base update only; with a static
-  ``start_step=0`` and ``period=1`` there is no gate.
+  conditional over the whole tree, kept a branch in XLA (a plain
+  ``lax.cond`` of cheap ops may become a select there), so inactive steps
+  (LAWN's free phase, WRS between periods) run the base update only; with a
+  static ``start_step=0`` and ``period=1`` there is no gate.
 
   Cost (``retraction="exact"``): the norm ``||w + u||`` must be complete
   before any weight is written, so the incoming ``u`` is read twice: one
@@ -327,7 +341,8 @@ def _cheap_to_recompute(jaxpr: Any) -> bool:
 def _rescaled_when(active: jax.Array, w: jax.Array, u: jax.Array,
                    k: jax.Array) -> jax.Array:
   """``k u + (k - 1) w`` when ``active``, else ``u`` bit for bit:
-  ``1 * u + (-0.0)`` is ``u`` for every float, NaN and signed zero included.
+  ``1 * u + (-0.0)`` is ``u`` for every float, signed zero and infinities
+  included; a NaN stays a NaN (XLA:GPU returns its own NaN payload).
   ``u`` is read once, so XLA fuses its producer here (a ``where`` between
   two expressions of ``u`` would make XLA write ``u`` to a buffer)."""
   dtype = _compute_dtype(u)
@@ -454,7 +469,7 @@ def constrain_norms_after(
     skip = lambda operands: ([jnp.ones_like(t) for t in ts],
                              jnp.ones([], bool))
     active = _active(c_state.count, c.start_step, c.period)
-    ks, after = jax.lax.cond(active, norms, skip, (updates, base_state))
+    ks, after = _branch(active, norms, skip, (updates, base_state))
     g, g_def = jax.tree.flatten(updates, is_leaf=_tree.is_masked_node)
     updates = jax.tree.unflatten(
         g_def, _with(g, idx, [_after(g[i], after) for i in idx]))
