@@ -30,5 +30,5 @@ job movielens 40 python3 -m benchmarks.generalization --preset movielens --data 
 job overhead 420 python3 -m benchmarks.overhead --full --repeats 15 --out "$R" --tag _gpu
 # The projection's tests on the accelerator's jax (its fusion decides the
 # temporaries that test_constrain_after asserts on).
-job tests 100 python3 -m pytest -q -x -p no:cacheprovider tests/test_constrain_after.py
+job tests 100 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_constrain_after.py tests/test_lawn.py
 cat "$R/jobs.txt"

@@ -90,45 +90,104 @@ def docs_page(results_dir: Path = common.RESULTS) -> str:
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-def step_cost_section(results_dir: Path = common.RESULTS) -> str:
-  """README's step-cost summary: the 24M MLP rows of overhead.json."""
-  results = json.loads((results_dir / "overhead.json").read_text())
+
+
+def _device(env: dict) -> str:
+  if env.get("backend") == "cpu":
+    return f"{env['cpu_model']}, {env['cpu_count']} cores"
+  return f"{env['device_kind']} ({env['backend']})"
+
+
+# Issue 13's targets: (what, optimizer, variant, program, field, bound).
+TARGETS = [
+    ("XLA bytes, update+apply", "adam", "lawn-tensor", "update",
+     "bytes_ratio", 1.5),
+    ("XLA bytes, update+apply", "sgdm", "lawn-tensor", "update",
+     "bytes_ratio", 1.7),
+    ("wall clock, update+apply, constrained phase", "adam", "lawn-tensor",
+     "update", "ratio", 2.0),
+    ("wall clock, full train step", "adam", "lawn-tensor", "step", "ratio",
+     1.05),
+    ("wall clock, update+apply, free phase", "adam", "lawn-free", "update",
+     "ratio", 1.10),
+]
+
+
+def _mlp24(results: dict) -> dict[str, dict]:
+  return {c["optimizer"]: c for c in results["cells"]
+          if c["model"] == "mlp" and c["width"] == 4096}
+
+
+def _step_cost_table(results: dict, name: str) -> list[str]:
   env = results["environment"]
-  cells = [c for c in results["cells"] if c["model"] == "mlp"
-           and c["width"] == 4096]
+  cells = list(_mlp24(results).values())
   names = [n for n in cells[0]["variants"] if n != "base"]
-  opts = [c["optimizer"] for c in cells]
+  calls = cells[0].get("calls_per_repeat", 1)
+  partial = ("" if results.get("complete", True) else
+             f" Partial run: {len(results['cells'])} cells written before "
+             "the job's time limit.")
   head = ("| variant | " + " | ".join(
-      f"{o}: bytes / temp MiB / time [IQR] / full step" for o in opts)
-          + " |")
-  lines = [f"24M-parameter MLP (784-4096-4096-1024-10, all kernels "
-           f"constrained), {env['cpu_model']}, {env['cpu_count']} cores, jax "
-           f"{env['jax']}, commit `{env['git_commit'][:10]}`: ratios to the "
-           "base optimizer from the same run (update+apply with donated "
-           f"buffers, median of {cells[0]['repeats']} interleaved repeats, "
-           "inter-quartile range of the variant's times over the base median; "
-           f"full train step at batch {cells[0]['batch']}). Bytes are XLA's "
-           "`bytes accessed`; gated variants (LAWN with `free_steps` > 0, "
-           "WRS between periods) over-count, as XLA counts both branches of "
-           "a `lax.cond`. Temp is XLA's temporary buffer for update+apply "
-           "in MiB (the base's: " + ", ".join(
+      f"{c['optimizer']}: bytes / temp MiB / time [IQR] / full step"
+      for c in cells) + " |")
+  lines = [f"**{_device(env)}**, jax {env['jax']}, commit "
+           f"`{env['git_commit'][:10]}`, `{name}`: median of "
+           f"{cells[0]['repeats']} interleaved repeats"
+           + (f" of {calls} calls each" if calls > 1 else "")
+           + "; base update+apply / full step: " + ", ".join(
+               f"{c['optimizer']} "
+               f"{1e3 * c['variants']['base']['update']['median_s']:.3g} / "
+               f"{1e3 * c['variants']['base']['step']['median_s']:.3g} ms"
+               for c in cells) + "; base temp MiB: " + ", ".join(
                f"{c['optimizer']} "
                f"{c['variants']['base']['update']['temp_bytes'] / 2**20:.0f}"
-               for c in cells) + "). "
-           "Every cell, the smaller MLPs and the CNN: "
-           "`benchmarks/results/overhead.md`.", "",
+               for c in cells) + "." + partial, "",
            head, "|---|" + "---|" * len(cells)]
-  for name in names:
+  for variant in names:
     row = []
     for c in cells:
       base_med = c["variants"]["base"]["update"]["median_s"]
-      u, s = c["variants"][name]["update"], c["variants"][name]["step"]
+      u, s = c["variants"][variant]["update"], c["variants"][variant]["step"]
       q1, q3 = (q / base_med for q in u["iqr_s"])
       noise = " (noise)" if u["noise"] or s["noise"] else ""
       row.append(f"{u['bytes_ratio']:.2f} / {u['temp_bytes'] / 2**20:.0f}"
                  f" / {u['ratio']:.2f} [{q1:.2f}-{q3:.2f}] / "
                  f"{s['ratio']:.2f}{noise}")
-    lines.append(f"| {name} | " + " | ".join(row) + " |")
+    lines.append(f"| {variant} | " + " | ".join(row) + " |")
+  return lines + [""]
+
+
+def step_cost_section(results_dir: Path = common.RESULTS) -> str:
+  """README's step-cost summary: the 24M MLP rows of every overhead JSON
+  (CPU first) and issue 13's targets against each."""
+  files = sorted(results_dir.glob("overhead*.json"),
+                 key=lambda f: (f.stem != "overhead", f.stem))
+  runs = [(f.name, json.loads(f.read_text())) for f in files]
+  lines = ["24M-parameter MLP (784-4096-4096-1024-10, all kernels "
+           "constrained): ratios to the base optimizer from the same run "
+           "(update+apply with donated buffers, inter-quartile range of the "
+           "variant's times over the base median; full train step at batch "
+           "256). Bytes are XLA's `bytes accessed`; gated variants over-count "
+           "where XLA keeps the branch, as it counts both branches of a "
+           "conditional. Temp is XLA's temporary buffer for update+apply. "
+           "Every cell, the smaller MLPs and the CNNs: "
+           "`benchmarks/results/overhead*.md`.", ""]
+  for name, results in runs:
+    lines += _step_cost_table(results, name)
+  lines += ["Issue 13's targets, LAWN (`lawn-tensor`, `lawn-free`) on the 24M "
+            "MLP:", "",
+            "| | target | " + " | ".join(
+                _device(r["environment"]) for _, r in runs) + " |",
+            "|---|---|" + "---|" * len(runs)]
+  for what, opt, variant, prog, field, bound in TARGETS:
+    row = []
+    for _, results in runs:
+      cell = _mlp24(results).get(opt)
+      if cell is None:
+        row.append("not run")
+        continue
+      value = cell["variants"][variant][prog][field]
+      row.append(f"{value:.2f} ({'met' if value <= bound else 'not met'})")
+    lines.append(f"| {what}, {opt} | <= {bound} | " + " | ".join(row) + " |")
   return "\n".join(lines)
 
 

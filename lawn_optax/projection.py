@@ -393,9 +393,11 @@ def constrain_norms_after(
   temporary buffer; active steps add one fused reduction that reads the base
   step's inputs (gradient, moments, params) and recomputes the update.
   Storing the update instead (the chain) writes it once and reads it twice,
-  in both phases. Recomputing costs the base's arithmetic twice: on a
-  bandwidth-bound device that is free, on a 2-core CPU it is not (see
-  ``benchmarks/results/overhead.md``).
+  in both phases. Recomputing reads the base step's inputs twice and redoes
+  its arithmetic: on a 2-core CPU it still wins, as XLA:CPU maps the stored
+  update's temporary afresh on every call; on an H200 its constrained phase
+  measured slower than the stored update without a gate (see
+  ``benchmarks/results/overhead*.md``).
 
   The chain itself is returned where recomputing gains nothing or is not
   safe: the lazy retraction (it needs only ``||w||``), no gate (static
