@@ -351,14 +351,22 @@ def _rescaled_when(active: jax.Array, w: jax.Array, u: jax.Array,
   return (jnp.where(active, k, 1.0) * u_ + shift).astype(u.dtype)
 
 
+@jax.custom_jvp
 def _after(x: jax.Array, flag: jax.Array) -> jax.Array:
   """``x``, bit for bit, as a value that depends on the scalar ``flag``
   (always True): an integer OR of 0 on its bits, which XLA can neither fold
-  nor move into the float arithmetic that reads ``x``."""
+  nor move into the float arithmetic that reads ``x``. Differentiated as the
+  identity in ``x`` (the bit path alone would carry no tangent)."""
   bits = jnp.dtype(f"uint{8 * x.dtype.itemsize}")
   zero = jnp.asarray(jnp.logical_not(flag), bits)
   return jax.lax.bitcast_convert_type(
       jax.lax.bitcast_convert_type(x, bits) | zero, x.dtype)
+
+
+@_after.defjvp
+def _after_jvp(primals, tangents):
+  x, flag = primals
+  return _after(x, flag), tangents[0]
 
 
 def constrain_norms_after(
