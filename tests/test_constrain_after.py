@@ -218,7 +218,10 @@ def test_no_update_sized_temporary(base, free_steps, dtype):
   """XLA's memory analysis of update+apply (donated, as in training): the
   gated LAWN holds no buffer the size of a constrained weight (nor a float32
   copy of a bf16 one), in the constrained phase (traced start) and in the
-  free phase; the chain it replaces holds one (so the check can fail)."""
+  free phase; the chain it replaces holds one (so the check can fail).
+  XLA:CPU's fusion: on an H200 (jax 0.11.2) the Adam cases at these shapes
+  kept one ``w + u``-sized temporary (not at the 24M MLP's, see
+  ``benchmarks/results/overhead_gpu.md``)."""
   key = jax.random.key(0)
   params = {"w": jax.random.normal(key, (512, 512), dtype),
             "b": jnp.zeros(512, dtype),
