@@ -50,9 +50,12 @@ def leaf_norm(x: jax.Array, granularity: str = "tensor",
 
   Per unit, every axis but ``unit_axis`` is reduced, with ``keepdims`` so the
   result broadcasts against ``x`` (for a Flax ``Dense`` kernel ``(in, out)``
-  the norms have shape ``(1, out)``).
+  the norms have shape ``(1, out)``). Its derivative at ``x = 0`` is 0
+  (``optax.safe_norm``'s convention) rather than NaN; NaN and Inf propagate.
   """
-  return jnp.sqrt(sum_squares(x, granularity, unit_axis))
+  ss = sum_squares(x, granularity, unit_axis)
+  zero = ss == 0
+  return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, ss)))
 
 
 def norms(tree: Any, granularity: str = "tensor", unit_axis: int = -1) -> Any:
