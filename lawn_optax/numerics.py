@@ -14,9 +14,10 @@ import jax.numpy as jnp
 
 from lawn_optax import _tree
 
-__all__ = ["DEFAULT_EPS", "leaf_norm", "norms", "radial_coefficient",
-           "rescaled_update", "retract", "retraction_scale", "safe_div",
-           "sum_squares", "sum_squares_of_sum", "tangent"]
+__all__ = ["DEFAULT_EPS", "leaf_norm", "norm_of_sum", "norms",
+           "radial_coefficient", "rescaled_update", "retract",
+           "retraction_scale", "safe_div", "sum_squares", "sum_squares_of_sum",
+           "tangent"]
 
 # Below this norm a direction is undefined; the retraction then leaves the
 # weight where it is rather than dividing by ~0.
@@ -51,9 +52,15 @@ def leaf_norm(x: jax.Array, granularity: str = "tensor",
   Per unit, every axis but ``unit_axis`` is reduced, with ``keepdims`` so the
   result broadcasts against ``x`` (for a Flax ``Dense`` kernel ``(in, out)``
   the norms have shape ``(1, out)``). Its derivative at ``x = 0`` is 0
-  (``optax.safe_norm``'s convention) rather than NaN; NaN and Inf propagate.
+  (:func:`_norm_from_squares`).
   """
-  ss = sum_squares(x, granularity, unit_axis)
+  return _norm_from_squares(sum_squares(x, granularity, unit_axis))
+
+
+def _norm_from_squares(ss: jax.Array) -> jax.Array:
+  """``sqrt(ss)``, with derivative 0 where ``ss == 0`` (``optax.safe_norm``'s
+  convention) rather than NaN; NaN and Inf propagate. Every norm here comes
+  from it."""
   zero = ss == 0
   return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, ss)))
 
@@ -85,7 +92,7 @@ def retract(w: jax.Array, u: jax.Array, target: jax.Array,
   ``u`` unchanged (a weight whose frozen norm is zero is left unconstrained
   rather than pinned at 0).
   """
-  norm = jnp.sqrt(sum_squares_of_sum(w, u, granularity, unit_axis))
+  norm = norm_of_sum(w, u, granularity, unit_axis)
   return rescaled_update(w, u, retraction_scale(target, norm, eps))
 
 
@@ -102,6 +109,13 @@ def sum_squares_of_sum(w: jax.Array, u: jax.Array, granularity: str = "tensor",
   axes = _reduce_axes(w.ndim, granularity, unit_axis)
   v = w.astype(jnp.float32) + u.astype(jnp.float32)
   return jnp.sum(v * v, axis=axes, keepdims=axes is not None)
+
+
+def norm_of_sum(w: jax.Array, u: jax.Array, granularity: str = "tensor",
+                unit_axis: int = -1) -> jax.Array:
+  """Float32 ``||w + u||`` per tensor or unit (``w + u`` never materialised),
+  with :func:`leaf_norm`'s derivative at zero."""
+  return _norm_from_squares(sum_squares_of_sum(w, u, granularity, unit_axis))
 
 
 def radial_coefficient(w: jax.Array, g: jax.Array, granularity: str = "tensor",

@@ -22,11 +22,11 @@ from lawn_optax import _tree
 from lawn_optax.numerics import (
   DEFAULT_EPS,
   leaf_norm,
+  norm_of_sum,
   radial_coefficient,
   rescaled_update,
   retract,
   retraction_scale,
-  sum_squares_of_sum,
 )
 
 
@@ -466,8 +466,7 @@ def constrain_norms_after(
       g, s = operands
       u, _ = base_update(g, s)
       u = jax.tree.leaves(u, is_leaf=_tree.is_masked_node)
-      ks = [c.scale(t, jnp.sqrt(sum_squares_of_sum(
-          wi, u[i], c.granularity, c.unit_axis)))
+      ks = [c.scale(t, norm_of_sum(wi, u[i], c.granularity, c.unit_axis))
             for t, wi, i in zip(ts, ws, idx)]
       # Always True, but computed from this branch: selecting the gradient
       # on it (bits unchanged) orders the in-place writes of the base state

@@ -51,6 +51,31 @@ def test_norm_derivative_at_zero_is_zero_and_values_are_kept(granularity):
   assert np.isinf(numerics.leaf_norm(x.at[1, 1].set(jnp.inf), "tensor"))
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "unit"])
+def test_retraction_derivative_where_w_plus_u_is_zero_is_finite(granularity):
+  """The retraction's norm ||w + u|| follows the same convention as
+  leaf_norm (derivative 0 at zero), in the stored and in the recomputed
+  design; values unchanged."""
+  w = jnp.asarray([[1.0, -2.0], [0.5, 3.0]])
+  t = numerics.leaf_norm(w, granularity)
+  f = lambda u: jnp.sum(numerics.retract(w, u, t, granularity) ** 2)
+  chex.assert_tree_all_finite(jax.grad(f)(-w))
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 2)), jnp.float32)
+  want = jnp.sqrt(numerics.sum_squares_of_sum(w, x, granularity))
+  np.testing.assert_array_equal(numerics.norm_of_sum(w, x, granularity), want)
+  params, mask = {"w": w}, {"w": True}
+  tx = lo.constrain_norms_after([("base", optax.sgd(1.0))], "lawn", mask,
+                                start_step=jnp.asarray(0),
+                                granularity=granularity)
+  state = tx.init(params)
+
+  def outer(g):  # sgd(1.0) on gradient w: w + u = 0 exactly
+    u, _ = tx.update(g, state, params)
+    return jnp.sum(optax.apply_updates(params, u)["w"] ** 2)
+
+  chex.assert_tree_all_finite(jax.grad(outer)(params))
+
+
 def test_mclr_derivative_with_a_zero_secant_difference_is_finite():
   params = {"w": jnp.asarray([[1.0, 2.0], [3.0, -1.0]])}
   g = {"w": jnp.asarray([[0.1, -0.2], [0.3, 0.05]])}
