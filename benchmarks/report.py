@@ -124,8 +124,8 @@ def _step_cost_table(results: dict, name: str) -> list[str]:
   names = [n for n in cells[0]["variants"] if n != "base"]
   calls = cells[0].get("calls_per_repeat", 1)
   partial = ("" if results.get("complete", True) else
-             f" Partial run: {len(results['cells'])} cells written before "
-             "the job's time limit.")
+             f" Partial run: the run stopped after {len(results['cells'])} "
+             "cells.")
   head = ("| variant | " + " | ".join(
       f"{c['optimizer']}: bytes / temp MiB / time [IQR] / full step"
       for c in cells) + " |")
