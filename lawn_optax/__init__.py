@@ -5,10 +5,16 @@ Every method is an ``optax.GradientTransformationExtraArgs`` that composes with
 ``apply_if_finite``; masks built by :mod:`lawn_optax.masks` choose the layers.
 """
 
-from lawn_optax import masks
+from lawn_optax import autofreeze, masks, maxnorm
+from lawn_optax.autofreeze import AutoFreeze, AutoFreezeState
 from lawn_optax.curvature import (
+    CurvatureEstimator,
     CurvatureLRState,
+    HutchinsonState,
+    SecantState,
     cblr,
+    grad_weight_ratio_estimator,
+    hutchinson_estimator,
     lars,
     mclr,
     paper_lars,
@@ -16,8 +22,16 @@ from lawn_optax.curvature import (
     scale_by_grad_weight_ratio,
     scale_by_hutchinson_curvature,
     scale_by_secant_curvature,
+    secant_estimator,
 )
-from lawn_optax.diagnostics import frozen_norms, norms, weight_norms
+from lawn_optax.diagnostics import (
+    NormReport,
+    check_norms,
+    frozen_at,
+    frozen_norms,
+    norms,
+    weight_norms,
+)
 from lawn_optax.fixnorm import fixnorm, fixnorm_search
 from lawn_optax.large_batch import (
     batch_size_schedule,
@@ -25,6 +39,7 @@ from lawn_optax.large_batch import (
     small_loss_weights,
 )
 from lawn_optax.lawn import lawn, lawn_adam, lawn_lamb, lawn_sgd
+from lawn_optax.maxnorm import max_norm
 from lawn_optax.projection import (
     NormConstraintState,
     TangentProjectionState,
@@ -34,25 +49,38 @@ from lawn_optax.projection import (
 )
 from lawn_optax.wrs import rescale_batch_stats, weight_rescaling
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.3.0.dev0"
 
 __all__ = [
+    "AutoFreeze",
+    "AutoFreezeState",
+    "CurvatureEstimator",
     "CurvatureLRState",
+    "HutchinsonState",
     "NormConstraintState",
+    "NormReport",
+    "SecantState",
     "TangentProjectionState",
+    "autofreeze",
     "batch_size_schedule",
     "cblr",
+    "check_norms",
     "constrain_norms",
     "constrain_norms_after",
     "fixnorm",
     "fixnorm_search",
+    "frozen_at",
     "frozen_norms",
+    "grad_weight_ratio_estimator",
+    "hutchinson_estimator",
     "lars",
     "lawn",
     "lawn_adam",
     "lawn_lamb",
     "lawn_sgd",
     "masks",
+    "max_norm",
+    "maxnorm",
     "mclr",
     "norms",
     "paper_lars",
@@ -62,6 +90,7 @@ __all__ = [
     "scale_by_grad_weight_ratio",
     "scale_by_hutchinson_curvature",
     "scale_by_secant_curvature",
+    "secant_estimator",
     "small_loss_mean",
     "small_loss_weights",
     "weight_norms",

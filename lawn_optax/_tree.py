@@ -10,17 +10,25 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-MaskedNode = optax.MaskedNode
-MaskOrFn = Any  # a pytree of bools (prefix of params) or a callable params -> mask
+from lawn_optax import _compat
 
-GRANULARITIES = ("tensor", "unit")
+MaskedNode = optax.MaskedNode
+# A pytree of Python bools (the params' structure or a prefix of it), a
+# callable params -> such a pytree, or a Flax nnx filter (a string, a
+# Variable type, nnx.PathContains(...)).
+MaskOrFn = Any
+# An int step, or an int32 scalar array (traced under inject_hyperparams).
+Step = int | jax.Array
+Granularity = Literal["tensor", "unit"]
+
+GRANULARITIES: tuple[Granularity, ...] = ("tensor", "unit")
 
 
 def is_masked_node(x: Any) -> bool:
@@ -44,10 +52,9 @@ def is_nnx_module(x: Any) -> bool:
 
 
 def is_params_placeholder(x: Any) -> bool:
-  """``optax.tree.map_params`` calls ``init`` with an empty placeholder tree
-  to find the copies of the params in a state (as ``optax.masked`` does, the
+  """``optax.tree.map_params``'s placeholder (as ``optax.masked`` does, the
   transforms then build their state without looking at the mask)."""
-  return type(x).__name__ == "_ParamsPlaceholder" and not jax.tree.leaves(x)
+  return _compat.is_params_placeholder(x)
 
 
 def is_nnx_filter(mask: Any) -> bool:
@@ -79,8 +86,11 @@ def nnx_filter_flags(mask: Any, params: Any) -> list[bool]:
   them) counts as an ``nnx.Param``."""
   nnx = loaded_nnx()
   if nnx is None:
-    raise TypeError(f"mask {mask!r} is a Flax nnx filter, but flax.nnx is not "
-                    "imported.")
+    raise TypeError(
+        f"mask {mask!r} is a string, which this library reads as a Flax nnx "
+        "filter, but flax.nnx is not imported. To select leaves by path, "
+        "use lawn_optax.masks.by_path(params, r'(.*/)?kernel') (a regex "
+        "over 'a/b/kernel' paths) or lawn_optax.masks.kernels.")
   predicate = nnx.filterlib.to_predicate(mask)
   items, _ = jax.tree_util.tree_flatten_with_path(
       params, is_leaf=lambda x: _is_nnx_variable(x) or is_masked_node(x))
@@ -202,6 +212,11 @@ def broadcast_prefix(prefix: Any, params: Any, *, what: str = "mask",
   """
   if is_params_placeholder(params):
     return []
+  if prefix is None:
+    raise ValueError(
+        f"{what} is None: pass a pytree of bools with the params' structure "
+        "(or a prefix of it), a callable params -> mask, or a Flax nnx "
+        "filter (True selects every leaf).")
   if what.endswith("mask") and is_nnx_filter(prefix):
     return nnx_filter_flags(prefix, params)
   params = unwrap_variables(params)
@@ -228,7 +243,8 @@ def broadcast_prefix(prefix: Any, params: Any, *, what: str = "mask",
       raise ValueError(
           f"{what} does not match the params: params leaf '{p}' has no entry "
           f"in the {what} (it must have the params' structure or a prefix of "
-          f"it). Its paths: {sorted('/'.join(e) for e in entries)[:8]}")
+          f"it). The {what}'s paths: "
+          f"{sorted('/'.join(e) for e in entries)[:8]}")
     used.add(match)
     value = entries[match]
     values.append(convert(value, "/".join(match)) if convert else value)
@@ -270,7 +286,7 @@ class Selection(NamedTuple):
             for f, *xs in zip(self.flags, *trees)]
 
 
-def select(mask: MaskOrFn, params: Any, *, granularity: str = "tensor",
+def select(mask: MaskOrFn, params: Any, *, granularity: Granularity = "tensor",
            unit_axis: int = -1, what: str = "mask") -> Selection:
   """Resolves ``mask`` against ``params`` and validates every selected leaf."""
   check_granularity(granularity)
@@ -280,9 +296,16 @@ def select(mask: MaskOrFn, params: Any, *, granularity: str = "tensor",
   if is_params_placeholder(params):
     return Selection(treedef, paths, flags)
   if not any(flags):
+    hint = ""
+    if isinstance(mask, str):
+      hint = (f" The string {mask!r} is a Flax nnx filter: it matches a "
+              "Variable's tag, not its path. To select leaves by path use "
+              "lawn_optax.masks.by_path(params, r'(.*/)?kernel') (a regex) "
+              f"or nnx.PathContains({mask!r}).")
     raise ValueError(
         f"{what} selects no parameter leaf: nothing would be constrained. "
-        f"Params paths: {paths[:8]}{' ...' if len(paths) > 8 else ''}")
+        f"Params paths: {paths[:8]}{' ...' if len(paths) > 8 else ''}"
+        + hint)
   for path, leaf, f in zip(paths, leaves, flags):
     if f:
       check_normable(leaf, path, granularity, unit_axis)
@@ -290,7 +313,7 @@ def select(mask: MaskOrFn, params: Any, *, granularity: str = "tensor",
 
 
 def select_update(mask: MaskOrFn, updates: Any, params: Any, *,
-                  granularity: str = "tensor", unit_axis: int = -1,
+                  granularity: Granularity = "tensor", unit_axis: int = -1,
                   what: str = "mask") -> tuple[Selection, list, list, Any]:
   """The common preamble of every ``update``: selection, params and update
   leaves (MaskedNode counted as a leaf), and the updates' treedef."""
@@ -311,7 +334,7 @@ def check_granularity(granularity: Any) -> None:
         f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
 
 
-def check_normable(leaf: Any, path: str, granularity: str,
+def check_normable(leaf: Any, path: str, granularity: Granularity,
                    unit_axis: int) -> None:
   shape = getattr(leaf, "shape", None)
   dtype = getattr(leaf, "dtype", None)
@@ -332,6 +355,9 @@ def check_normable(leaf: Any, path: str, granularity: str,
                        f"'{path}' of shape {tuple(shape)}.")
 
 
+INT32_MAX = 2**31 - 1
+
+
 def check_step(value: Any, name: str, minimum: int = 0) -> None:
   """Validates an integer step hyper-parameter when it is concrete.
 
@@ -347,8 +373,59 @@ def check_step(value: Any, name: str, minimum: int = 0) -> None:
     raise TypeError(f"{name} must be an integer, got {value!r}.")
   if int(value) < minimum:
     raise ValueError(f"{name} must be >= {minimum}, got {int(value)}.")
+  if int(value) > INT32_MAX:
+    raise ValueError(
+        f"{name}={int(value)} does not fit the int32 step counter (at most "
+        f"2**31 - 1 = {INT32_MAX}). A value larger than the number of steps "
+        "you train is enough to never reach it.")
+
+
+def resolve_axis(unit_axis: Any, name: str = "unit_axis") -> int:
+  """``unit_axis`` as a Python int (``None``: the last axis).
+
+  An axis is structure, not a hyper-parameter: it decides which reductions
+  the program holds. ``optax.inject_hyperparams`` makes every number it is
+  given a traced hyper-parameter, so an explicit axis must be named in its
+  ``static_args`` (the default, ``None``, needs nothing)."""
+  if unit_axis is None:
+    return -1
+  if isinstance(unit_axis, jax.core.Tracer):
+    raise TypeError(
+        f"{name} is a traced value: an axis is structure, not a "
+        "hyper-parameter. Under optax.inject_hyperparams pass "
+        f"static_args=(..., '{name}') (or leave {name} at its default).")
+  if isinstance(unit_axis, (bool, np.bool_)) or not (
+      isinstance(unit_axis, (int, np.integer)) or (
+          isinstance(unit_axis, (np.ndarray, jax.Array))
+          and unit_axis.shape == ()
+          and jnp.issubdtype(unit_axis.dtype, jnp.integer))):
+    raise TypeError(f"{name} must be an integer axis, got {unit_axis!r}.")
+  return int(unit_axis)
+
+
+def swapped_state_error(state: Any, expected: str) -> TypeError:
+  return TypeError(
+      f"update(updates, state, params) got a state that is not this "
+      f"transform's ({type(state).__name__}; expected {expected}): were "
+      "state and params swapped? optax's order is update(updates, state, "
+      "params).")
+
+
+def check_chain_state(tx: optax.GradientTransformation, names: Sequence[str]
+                      ) -> optax.GradientTransformationExtraArgs:
+  """``tx`` (a ``named_chain`` of ``names``) whose ``update`` first checks
+  that it was given that chain's state (a swapped call would fail with a
+  bare ``KeyError``)."""
+  names = list(names)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if not isinstance(state, dict) or not set(names) <= set(state):
+      raise swapped_state_error(state, f"a dict with keys {names}")
+    return tx.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 def require_params(params: Any) -> None:
   if params is None:
-    raise ValueError(optax._src.base.NO_PARAMS_MSG)  # optax's own wording
+    raise ValueError(_compat.no_params_message())  # optax's own wording

@@ -9,7 +9,8 @@ is exactly LARS's local learning rate, the "special case" of the CBLR paper.
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +19,8 @@ import optax
 from lawn_optax import _tree
 from lawn_optax.numerics import leaf_norm, safe_div
 
-ESTIMATORS = ("grad_weight_ratio", "secant", "hutchinson")
 REDUCTIONS = ("norm", "median")
+Reduction = Literal["norm", "median"]
 
 
 class CurvatureLRState(NamedTuple):
@@ -28,10 +29,9 @@ class CurvatureLRState(NamedTuple):
   Attributes:
     count: int32 ``[]``.
     curvature: float32 ``[]`` per scaled leaf (the smoothed estimate;
-      ``MaskedNode`` elsewhere). Used by ``"secant"`` and ``"hutchinson"``.
-    prev_grads: previous gradients (``"secant"`` only, else empty).
-    prev_params: previous params (``"secant"`` only, else empty).
-    key: PRNG key (``"hutchinson"`` only, else empty).
+      ``MaskedNode`` elsewhere; NaN until the first estimate).
+    estimator: the estimator's own state (:class:`SecantState`,
+      :class:`HutchinsonState`, or ``optax.EmptyState()``).
 
   Example:
     >>> import jax.numpy as jnp, lawn_optax as lo
@@ -41,11 +41,34 @@ class CurvatureLRState(NamedTuple):
     >>> int(s.count), bool(jnp.isnan(s.curvature['w']))  # no step yet to difference
     (1, True)
   """
-  count: jax.Array  # type: ignore[assignment]
+  count: Any  # int32 []
   curvature: Any
-  prev_grads: Any
-  prev_params: Any
-  key: Any
+  estimator: Any
+
+
+class CurvatureEstimator(NamedTuple):
+  """A per-layer curvature estimate, as a small transform of its own.
+
+  ``init(params, sel) -> state``; ``estimate(grads, state, params, sel,
+  count, **extra_args) -> (raw, state)`` where ``raw`` is one float32
+  ``[]`` per leaf of ``sel`` (``MaskedNode`` where ``sel`` does not scale;
+  NaN where there is no estimate this step: the previous one is kept).
+  ``sel`` is the :class:`lawn_optax._tree.Selection` of scaled leaves.
+  :func:`scale_by_curvature_lr` smooths (when ``smoothed``), clips and
+  scales; ``weight_decay`` (LARS's β) is added to the update as ``β w``.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> est = lo.secant_estimator()
+    >>> tx = lo.scale_by_curvature_lr(est)
+    >>> type(tx.init({'w': jnp.ones(2)}).estimator).__name__
+    'SecantState'
+  """
+  name: str
+  init: Callable[..., Any]
+  estimate: Callable[..., tuple[list, Any]]
+  smoothed: bool = True
+  weight_decay: Any = 0.0
 
 
 def _median(x):
@@ -61,11 +84,175 @@ def _layer_estimate(num, den, reduction):
   return _median(safe_div(jnp.abs(num), jnp.abs(den), jnp.nan))
 
 
+def _check_reduction(reduction: str) -> None:
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got "
+                     f"{reduction!r}.")
+
+
+def grad_weight_ratio_estimator(reduction: Reduction = "norm",
+                                weight_decay: Any = 0.0
+                                ) -> CurvatureEstimator:
+  """``c_l = (||g|| + β||w||) / ||w||``: the LARS limit (no state, no
+  smoothing); β (``weight_decay``) is also added to the update, as in LARS.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.scale_by_curvature_lr(lo.grad_weight_ratio_estimator())
+    >>> p, g = {'w': jnp.array([3.0, 4.0])}, {'w': jnp.array([0.0, 0.5])}
+    >>> tx.update(g, tx.init(p), p)[0]['w'].tolist()
+    [0.0, 5.0]
+  """
+  _check_reduction(reduction)
+
+  def estimate(g_tree, state, w_tree, sel, count, **extra_args):
+    del count, extra_args
+    g, w = sel.flatten(g_tree), sel.flatten(w_tree)
+    # LARS: (||g|| + β||w||) / ||w|| = ||g||/||w|| + β.
+    return sel.map(lambda gi, wi: _layer_estimate(gi, wi, reduction)
+                   + weight_decay, g, w), state
+
+  return CurvatureEstimator("grad_weight_ratio",
+                            lambda params, sel: optax.EmptyState(), estimate,
+                            smoothed=False, weight_decay=weight_decay)
+
+
+class SecantState(NamedTuple):
+  """The secant estimator's memory: the previous gradients and params.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> lo.SecantState(prev_grads={'w': jnp.zeros(2)},
+    ...                prev_params={'w': jnp.ones(2)}).prev_params['w'].tolist()
+    [1.0, 1.0]
+  """
+  prev_grads: Any
+  prev_params: Any
+
+
+def secant_estimator(reduction: Reduction = "norm") -> CurvatureEstimator:
+  """``||g_t - g_{t-1}|| / ||w_t - w_{t-1}||`` per layer: a finite-difference
+  curvature along the last step (parameter-sized state; NaN on the first
+  step, which has no difference).
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.scale_by_curvature_lr(lo.secant_estimator())
+    >>> p = {'w': jnp.array([3.0, 4.0])}
+    >>> u, s = tx.update({'w': jnp.ones(2)}, tx.init(p), p)  # no step yet
+    >>> u['w'].tolist()
+    [1.0, 1.0]
+  """
+  _check_reduction(reduction)
+
+  def init(params, sel):
+    return SecantState(optax.tree.zeros_like(params), params)
+
+  def estimate(g_tree, state, w_tree, sel, count, **extra_args):
+    del extra_args
+    g, w = sel.flatten(g_tree), sel.flatten(w_tree)
+    pg = sel.flatten(state.prev_grads)
+    pw = sel.flatten(state.prev_params)
+    raw = sel.map(lambda gi, pgi, wi, pwi: jnp.where(
+        count == 0, jnp.nan, _layer_estimate(gi - pgi, wi - pwi, reduction)),
+                  g, pg, w, pw)
+    return raw, SecantState(g_tree, w_tree)
+
+  return CurvatureEstimator("secant", init, estimate)
+
+
+class HutchinsonState(NamedTuple):
+  """The Hutchinson estimator's PRNG key.
+
+  Example:
+    >>> import jax, lawn_optax as lo
+    >>> lo.HutchinsonState(key=jax.random.PRNGKey(0)).key.shape
+    (2,)
+  """
+  key: Any
+
+
+def hutchinson_estimator(reduction: Reduction = "norm", every: int = 10,
+                         seed: int = 0) -> CurvatureEstimator:
+  """``mean |v ⊙ Hv|`` (or its median) with Rademacher ``v``: the
+  Hutchinson estimate of the Hessian diagonal, every ``every`` steps (NaN
+  between: the smoothed estimate is kept). ``update`` needs the extra
+  argument ``obj_fn`` (params -> loss), as in ``optax.contrib.sophia``.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.scale_by_curvature_lr(lo.hutchinson_estimator(),
+    ...                               trust_coefficient=2.0)
+    >>> p = {'w': jnp.array([3.0, 4.0])}
+    >>> loss = lambda q: jnp.sum(q['w'] ** 2)   # Hessian 2 I: scale 2 / 2
+    >>> tx.update({'w': jnp.ones(2)}, tx.init(p), p, obj_fn=loss)[0]['w'].tolist()
+    [1.0, 1.0]
+  """
+  _check_reduction(reduction)
+  _tree.check_step(every, "hutchinson_every", minimum=1)
+
+  def estimate(g, state, params, sel, count, obj_fn=None, **extra_args):
+    del g, extra_args
+    if obj_fn is None:
+      raise ValueError("estimator='hutchinson' needs update(..., "
+                       "obj_fn=params -> loss).")
+    key, sub = jax.random.split(state.key)
+
+    def hvp_diagonal():
+      leaves, treedef = jax.tree.flatten(params)
+      keys = jax.random.split(sub, len(leaves))
+      v = jax.tree.unflatten(treedef, [
+          jax.random.rademacher(k, x.shape, x.dtype)
+          for k, x in zip(keys, leaves)])
+      hv = jax.jvp(jax.grad(obj_fn), (params,), (v,))[1]
+      d = sel.flatten(jax.tree.map(lambda a, b: a * b, v, hv))
+      return sel.map(lambda di: (_median(jnp.abs(di.astype(jnp.float32)))
+                                 if reduction == "median" else
+                                 jnp.mean(jnp.abs(di.astype(jnp.float32)))),
+                     d)
+
+    nans = lambda: sel.map(lambda _: jnp.full([], jnp.nan, jnp.float32),
+                           sel.flags)
+    raw = jax.lax.cond(count % every == 0, hvp_diagonal, nans)
+    return raw, HutchinsonState(key)
+
+  return CurvatureEstimator(
+      "hutchinson", lambda params, sel: HutchinsonState(
+          jax.random.PRNGKey(seed)), estimate)
+
+
+ESTIMATORS = {"grad_weight_ratio": grad_weight_ratio_estimator,
+              "secant": secant_estimator,
+              "hutchinson": hutchinson_estimator}
+
+
+def _estimator(estimator: Any, reduction: Reduction, weight_decay: Any,
+               hutchinson_every: int, seed: int) -> CurvatureEstimator:
+  """A :class:`CurvatureEstimator` from the name or object given."""
+  if isinstance(estimator, CurvatureEstimator):
+    return estimator
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"estimator must be one of {tuple(ESTIMATORS)} or a "
+                     f"CurvatureEstimator, got {estimator!r}.")
+  if estimator != "grad_weight_ratio" and not (
+      isinstance(weight_decay, (int, float)) and weight_decay == 0):
+    raise ValueError(
+        f"weight_decay={weight_decay!r} is only used by the "
+        f"'grad_weight_ratio' estimator; estimator={estimator!r} would ignore "
+        "it. Add decay to the base optimizer instead (e.g. "
+        "optax.add_decayed_weights).")
+  if estimator == "grad_weight_ratio":
+    return grad_weight_ratio_estimator(reduction, weight_decay)
+  if estimator == "secant":
+    return secant_estimator(reduction)
+  return hutchinson_estimator(reduction, hutchinson_every, seed)
+
+
 def scale_by_curvature_lr(
-    estimator: str = "grad_weight_ratio",
+    estimator: str | CurvatureEstimator = "grad_weight_ratio",
     *,
-    reduction: str = "norm",
-    relative_to: str | None = None,
+    reduction: Reduction = "norm",
+    relative_to: Literal["median"] | None = None,
     trust_coefficient: Any = 1.0,
     weight_decay: Any = 0.0,
     ema_decay: float = 0.9,
@@ -77,33 +264,40 @@ def scale_by_curvature_lr(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales each layer's update by ``trust_coefficient / c_l``.
 
-  Curvature estimators ``c_l`` (per params leaf):
+  ``c_l`` comes from a curvature estimator (per params leaf), a
+  :class:`CurvatureEstimator` or one of their names:
 
-  * ``"grad_weight_ratio"``: ``(||g|| + β||w||) / ||w||`` -- the LARS limit;
-    with ``weight_decay=β > 0`` the output is ``scale * (g + β w)``, as in the
-    LARS paper. (``optax.lars`` uses ``||g + β w||`` instead of
-    ``||g|| + β||w||``; the two agree when β = 0.)
-  * ``"secant"``: EMA (``ema_decay``) of ``||g_t - g_{t-1}|| /
-    ||w_t - w_{t-1}||``, a finite-difference curvature along the last step.
-    Keeps the previous gradients and params in the state (parameter-sized).
-    Until the first difference exists the scale is 1.
-  * ``"hutchinson"``: ``mean |v ⊙ Hv|`` with Rademacher ``v``, the Hutchinson
-    estimate of the Hessian diagonal, recomputed every ``hutchinson_every``
-    steps (EMA-smoothed). ``update`` then needs the extra argument
-    ``obj_fn`` (params -> loss), as in ``optax.contrib.sophia``.
+  * ``"grad_weight_ratio"`` (:func:`grad_weight_ratio_estimator`):
+    ``(||g|| + β||w||) / ||w||`` -- the LARS limit; with ``weight_decay=β >
+    0`` the output is ``scale * (g + β w)``, as in the LARS paper.
+    (``optax.lars`` uses ``||g + β w||`` instead of ``||g|| + β||w||``; the
+    two agree when β = 0.)
+  * ``"secant"`` (:func:`secant_estimator`): EMA (``ema_decay``) of
+    ``||g_t - g_{t-1}|| / ||w_t - w_{t-1}||``, a finite-difference curvature
+    along the last step. Keeps the previous gradients and params in the
+    state (parameter-sized). Until the first difference exists the scale
+    is 1.
+  * ``"hutchinson"`` (:func:`hutchinson_estimator`): ``mean |v ⊙ Hv|`` with
+    Rademacher ``v``, the Hutchinson estimate of the Hessian diagonal,
+    recomputed every ``hutchinson_every`` steps (EMA-smoothed). ``update``
+    then needs the extra argument ``obj_fn`` (params -> loss), as in
+    ``optax.contrib.sophia``.
 
-  ``reduction="median"`` replaces the ratio of norms by the median of the
-  element-wise ratios within the layer (MCLR's within-layer median; for
-  Hutchinson the median of ``|v ⊙ Hv|``). ``relative_to="median"`` divides
-  every ``c_l`` by the median over layers, so a layer of median curvature
-  gets scale ``trust_coefficient`` (MCLR's across-layer normalisation).
+  This transform only smooths (the estimators that ask for it), normalises,
+  clips and scales. ``reduction="median"`` replaces the ratio of norms by
+  the median of the element-wise ratios within the layer (MCLR's
+  within-layer median; for Hutchinson the median of ``|v ⊙ Hv|``).
+  ``relative_to="median"`` divides every ``c_l`` by the median over layers,
+  so a layer of median curvature gets scale ``trust_coefficient`` (MCLR's
+  across-layer normalisation).
 
   Guards: a zero, negative, NaN or infinite estimate (zero weights, no step
   yet) gives scale 1; scales are clipped to ``[min_scale, max_scale]``.
 
   Args:
-    estimator: one of ``"grad_weight_ratio"``, ``"secant"``, ``"hutchinson"``.
-    reduction: ``"norm"`` or ``"median"``.
+    estimator: a :class:`CurvatureEstimator`, or ``"grad_weight_ratio"``,
+      ``"secant"``, ``"hutchinson"``.
+    reduction: ``"norm"`` or ``"median"`` (for an estimator given by name).
     relative_to: ``None`` or ``"median"`` (across layers).
     trust_coefficient: numerator of the scale (LARS's η).
     weight_decay: β, added to the update as ``β w`` (grad_weight_ratio only).
@@ -131,117 +325,74 @@ def scale_by_curvature_lr(
     2020; You, Gitman, Ginsburg, `Large Batch Training of Convolutional
     Networks <https://arxiv.org/abs/1708.03888>`_, 2017.
   """
-  if estimator not in ESTIMATORS:
-    raise ValueError(f"estimator must be one of {ESTIMATORS}, got "
-                     f"{estimator!r}.")
-  if reduction not in REDUCTIONS:
-    raise ValueError(f"reduction must be one of {REDUCTIONS}, got "
-                     f"{reduction!r}.")
+  est = _estimator(estimator, reduction, weight_decay, hutchinson_every,
+                   seed)
   if relative_to not in (None, "median"):
     raise ValueError(f"relative_to must be None or 'median', got "
                      f"{relative_to!r}.")
   if not 0.0 <= ema_decay < 1.0:
     raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
   _tree.check_step(hutchinson_every, "hutchinson_every", minimum=1)
-  if estimator != "grad_weight_ratio" and not (
-      isinstance(weight_decay, (int, float)) and weight_decay == 0):
-    raise ValueError(
-        f"weight_decay={weight_decay!r} is only used by the "
-        f"'grad_weight_ratio' estimator; estimator={estimator!r} would ignore "
-        "it. Add decay to the base optimizer instead (e.g. "
-        "optax.add_decayed_weights).")
-  secant, hutch = estimator == "secant", estimator == "hutchinson"
 
   def init_fn(params):
     sel = _tree.select(mask, params, what="mask")
     w = sel.flatten(params, "params")
     nan = lambda _: jnp.full([], jnp.nan, jnp.float32)
-    return CurvatureLRState(
-        count=jnp.zeros([], jnp.int32),
-        curvature=sel.unflatten(sel.map(nan, w)),
-        prev_grads=optax.tree.zeros_like(params) if secant else (),
-        prev_params=params if secant else (),
-        key=jax.random.PRNGKey(seed) if hutch else ())
+    return CurvatureLRState(count=jnp.zeros([], jnp.int32),
+                            curvature=sel.unflatten(sel.map(nan, w)),
+                            estimator=est.init(params, sel))
 
-  def smooth(old, new):
-    fresh = jnp.isfinite(new) & (new > 0)
-    blended = jnp.where(jnp.isfinite(old), ema_decay * old +
-                        (1 - ema_decay) * new, new)
-    return jnp.where(fresh, blended, old)
-
-  def update_fn(updates, state, params=None, obj_fn=None, **extra_args):
-    del extra_args
+  def update_fn(updates, state, params=None, **extra_args):
     sel, w, g, g_def = _tree.select_update(mask, updates, params)
     old = sel.flatten(state.curvature, "state.curvature")
-    key = state.key
-    if estimator == "grad_weight_ratio":
-      raw = sel.map(lambda gi, wi: _layer_estimate(gi, wi, reduction), g, w)
-      # LARS: (||g|| + β||w||) / ||w|| = ||g||/||w|| + β.
-      curv = sel.map(lambda r: r + weight_decay, raw)
-    elif secant:
-      pg = sel.flatten(state.prev_grads)
-      pw = sel.flatten(state.prev_params)
-      first = state.count == 0
-      raw = sel.map(lambda gi, pgi, wi, pwi: jnp.where(
-          first, jnp.nan, _layer_estimate(gi - pgi, wi - pwi, reduction)),
-                    g, pg, w, pw)
-      curv = sel.map(smooth, old, raw)
-    else:
-      if obj_fn is None:
-        raise ValueError("estimator='hutchinson' needs update(..., "
-                         "obj_fn=params -> loss).")
-      key, sub = jax.random.split(key)
-
-      def estimate():
-        leaves, treedef = jax.tree.flatten(params)
-        keys = jax.random.split(sub, len(leaves))
-        v = jax.tree.unflatten(treedef, [
-            jax.random.rademacher(k, x.shape, x.dtype)
-            for k, x in zip(keys, leaves)])
-        hv = jax.jvp(jax.grad(obj_fn), (params,), (v,))[1]
-        d = sel.flatten(jax.tree.map(lambda a, b: a * b, v, hv))
-        return sel.map(lambda di: (_median(jnp.abs(di.astype(jnp.float32)))
-                                   if reduction == "median" else
-                                   jnp.mean(jnp.abs(di.astype(jnp.float32)))),
-                       d)
-
-      due = state.count % hutchinson_every == 0
-      raw = jax.lax.cond(due, estimate, lambda: old)
-      curv = sel.map(lambda o, c: jnp.where(due, smooth(o, c), o), old, raw)
-    eff = curv
-    if relative_to == "median":
-      vals = jnp.stack([c for c in curv if not _tree.is_masked_node(c)])
-      med = jnp.nanmedian(jnp.where(vals > 0, vals, jnp.nan))
-      eff = sel.map(lambda c: c / med, curv)
-
-    def scaled(gi, wi, ci):
-      # Zero, negative, NaN or infinite curvature: leave the layer's step alone.
-      s = safe_div(trust_coefficient, jnp.where(jnp.isfinite(ci), ci, 0.0),
-                   1.0)
-      s = jnp.clip(s, min_scale, max_scale)
-      if estimator == "grad_weight_ratio":
-        gi = gi + weight_decay * wi
-      return (gi * s).astype(gi.dtype)
-
-    new_g = [scaled(gi, wi, ci) if f else gi
+    raw, est_state = est.estimate(updates, state.estimator, params, sel,
+                                  state.count, **extra_args)
+    curv = sel.map(lambda o, r: _smooth(o, r, ema_decay), old, raw) if (
+        est.smoothed) else raw
+    eff = _relative(sel, curv) if relative_to == "median" else curv
+    new_g = [_scaled(gi, wi, ci, trust_coefficient, min_scale, max_scale,
+                     est.weight_decay) if f else gi
              for f, gi, wi, ci in zip(sel.flags, g, w, eff)]
     new_state = CurvatureLRState(
         count=optax.safe_increment(state.count),
         curvature=sel.unflatten(sel.map(lambda c: c.astype(jnp.float32),
                                         curv)),
-        prev_grads=updates if secant else (),
-        prev_params=params if secant else (),
-        key=key)
+        estimator=est_state)
     return jax.tree.unflatten(g_def, new_g), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _smooth(old, new, ema_decay):
+  """EMA of the fresh (finite, positive) estimates; the old one otherwise."""
+  fresh = jnp.isfinite(new) & (new > 0)
+  blended = jnp.where(jnp.isfinite(old), ema_decay * old +
+                      (1 - ema_decay) * new, new)
+  return jnp.where(fresh, blended, old)
+
+
+def _relative(sel, curv):
+  """Every estimate over the median of the positive ones (MCLR)."""
+  vals = jnp.stack([c for c in curv if not _tree.is_masked_node(c)])
+  med = jnp.nanmedian(jnp.where(vals > 0, vals, jnp.nan))
+  return sel.map(lambda c: c / med, curv)
+
+
+def _scaled(gi, wi, ci, trust_coefficient, min_scale, max_scale,
+            weight_decay):
+  # Zero, negative, NaN or infinite curvature: leave the layer's step alone.
+  s = safe_div(trust_coefficient, jnp.where(jnp.isfinite(ci), ci, 0.0), 1.0)
+  s = jnp.clip(s, min_scale, max_scale)
+  if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+    gi = gi + weight_decay * wi
+  return (gi * s).astype(gi.dtype)
 
 
 def cblr(
     learning_rate: optax.ScalarOrSchedule,
     *,
     estimator: str = "secant",
-    reduction: str = "norm",
+    reduction: Reduction = "norm",
     trust_coefficient: Any = 1.0,
     weight_decay: Any = 0.0,
     momentum: float | None = 0.9,
@@ -393,7 +544,8 @@ def lars(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
 
 def scale_by_grad_weight_ratio(
     *, trust_coefficient: Any = 1.0, weight_decay: Any = 0.0,
-    reduction: str = "norm", relative_to: str | None = None,
+    reduction: Reduction = "norm",
+    relative_to: Literal["median"] | None = None,
     min_scale: float = 0.0, max_scale: float = float("inf"),
     mask: _tree.MaskOrFn = True) -> optax.GradientTransformationExtraArgs:
   """:func:`scale_by_curvature_lr` with the ``"grad_weight_ratio"`` (LARS)
@@ -414,7 +566,8 @@ def scale_by_grad_weight_ratio(
 
 def scale_by_secant_curvature(
     *, trust_coefficient: Any = 1.0, ema_decay: float = 0.9,
-    reduction: str = "norm", relative_to: str | None = None,
+    reduction: Reduction = "norm",
+    relative_to: Literal["median"] | None = None,
     min_scale: float = 0.0, max_scale: float = float("inf"),
     mask: _tree.MaskOrFn = True) -> optax.GradientTransformationExtraArgs:
   """:func:`scale_by_curvature_lr` with the ``"secant"`` estimator: an EMA of
@@ -436,7 +589,8 @@ def scale_by_secant_curvature(
 
 def scale_by_hutchinson_curvature(
     *, trust_coefficient: Any = 1.0, ema_decay: float = 0.9, every: int = 10,
-    reduction: str = "norm", relative_to: str | None = None,
+    reduction: Reduction = "norm",
+    relative_to: Literal["median"] | None = None,
     min_scale: float = 0.0, max_scale: float = float("inf"),
     mask: _tree.MaskOrFn = True, seed: int = 0
 ) -> optax.GradientTransformationExtraArgs:

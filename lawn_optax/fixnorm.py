@@ -10,13 +10,14 @@ import numpy as np
 import optax
 
 from lawn_optax import _tree
+from lawn_optax._constraint import Retraction
 from lawn_optax.numerics import DEFAULT_EPS, leaf_norm
 from lawn_optax.projection import constrain_norms
 
 
 def _require_nonzero_init_norms(
     tx: optax.GradientTransformationExtraArgs, mask: _tree.MaskOrFn,
-    granularity: str, unit_axis: int, what: str
+    granularity: _tree.Granularity, unit_axis: int, what: str
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``tx`` so that ``init`` rejects a selected weight of norm zero."""
 
@@ -43,10 +44,10 @@ def fixnorm(
     classifier_mask: _tree.MaskOrFn | None = None,
     classifier_norm: Any = None,
     radius: Any = None,
-    granularity: str = "tensor",
-    unit_axis: int = -1,
+    granularity: _tree.Granularity = "tensor",
+    unit_axis: int | None = None,
     norm_eps: float = DEFAULT_EPS,
-    retraction: str = "exact",
+    retraction: Retraction = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   r"""FixNorm: replace weight decay by fixed weight norms, from step 0 on.
 
@@ -58,6 +59,12 @@ def fixnorm(
   ``base_tx``. Both constraints are :func:`~lawn_optax.constrain_norms`
   retractions after ``base_tx`` (state keys ``"base"``, ``"fixnorm"``,
   ``"classifier"``).
+
+  Make it the last transform of a chain: anything after it (clipping,
+  a scaling, another optimizer) changes the update it retracted and the
+  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
+  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
+  lo.fixnorm(...))``.
 
   Args:
     base_tx: the optimizer (SGD with momentum, Adam, ...), without decay.
@@ -91,6 +98,7 @@ def fixnorm(
     Neural Networks <https://arxiv.org/abs/2103.15345>`_, 2021.
   """
   _tree.check_granularity(granularity)
+  unit_axis = _tree.resolve_axis(unit_axis)
   common: dict[str, Any] = dict(granularity=granularity, unit_axis=unit_axis,
                                 eps=norm_eps, retraction=retraction)
   body = constrain_norms(mask, target=radius, **common)
@@ -104,10 +112,13 @@ def fixnorm(
       head = _require_nonzero_init_norms(head, classifier_mask, granularity,
                                          unit_axis, "classifier_mask")
     steps.append(("classifier", head))
-    return _disjoint(optax.named_chain(*steps), mask, classifier_mask)
+    return _disjoint(_tree.check_chain_state(optax.named_chain(*steps),
+                                             [n for n, _ in steps]),
+                     mask, classifier_mask)
   if classifier_norm is not None:
     raise ValueError("classifier_norm is given but classifier_mask is None.")
-  return optax.named_chain(*steps)
+  return _tree.check_chain_state(optax.named_chain(*steps),
+                                 [n for n, _ in steps])
 
 
 def _disjoint(tx, mask, classifier_mask):

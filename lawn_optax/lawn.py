@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+import jax
 import optax
 
 from lawn_optax import _tree
+from lawn_optax._constraint import Retraction
+from lawn_optax.autofreeze import AutoFreeze
 from lawn_optax.numerics import DEFAULT_EPS
 from lawn_optax.projection import constrain_norms_after, project_to_tangent
+
+# An int, an int32 scalar (traced under inject_hyperparams), "auto", or the
+# auto rule's settings.
+FreeSteps = int | jax.Array | Literal["auto"] | AutoFreeze
 
 
 def lawn(
     base_tx: optax.GradientTransformation,
     *,
-    free_steps: Any,
+    free_steps: FreeSteps,
     mask: _tree.MaskOrFn,
-    granularity: str = "tensor",
+    granularity: _tree.Granularity = "tensor",
     tangent_projection: bool = False,
-    unit_axis: int = -1,
+    unit_axis: int | None = None,
     norm_eps: float = DEFAULT_EPS,
-    retraction: str = "exact",
+    retraction: Retraction = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stacks LAWN onto ``base_tx``: train freely, then freeze weight norms.
 
@@ -33,35 +40,47 @@ def lawn(
 
   .. math:: u' = c \frac{w + u}{\|w + u\|} - w
 
-  Unmasked leaves always get ``base_tx``'s update unchanged (``False`` in the
-  mask means *not constrained*, not frozen). LAWN uses no weight decay: give
-  ``base_tx`` none. ``free_steps=0`` freezes the initial norms.
+  Unmasked leaves always get ``base_tx``'s update unchanged (``False`` in
+  the mask means *not constrained*, not frozen). ``free_steps=0`` freezes
+  the initial norms; ``free_steps="auto"`` lets training decide
+  (:mod:`lawn_optax.autofreeze`: the freeze comes when the constrained
+  weights' norm stops growing fast; :func:`lawn_optax.frozen_at` says when).
+  Steps are real updates: under ``optax.MultiSteps`` a step is an update
+  that applies the accumulated gradient, not a micro-batch.
+
+  Weight decay: LAWN replaces decay on the constrained weights. Decay that
+  ``base_tx`` applies to them acts as usual before the freeze; after it,
+  the retraction restores the frozen norm, so the decay no longer shrinks
+  those weights (it only enlarges the step's relative size slightly). To
+  decay the other weights only (LAWN-AdamW in the benchmarks), give
+  ``base_tx`` a decay mask that excludes the constrained ones, e.g.
+  ``optax.adamw(lr, mask=lambda p: not_constrained(p))``.
 
   With ``tangent_projection=True`` the gradient of each masked weight also
   loses its radial component before ``base_tx`` sees it, from step
   ``free_steps`` on, so momentum and Adam moments only accumulate directions
   that the constraint keeps.
 
-  Defaults chosen by measurement (the paper is silent; MNIST-1D MLP, 3 seeds,
-  batch 32 / 512 / 4000, ``benchmarks/results/generalization_mnist1d*.json``):
-  retraction only vs tangent + retraction gave LAWN-Adam 81.4 / 77.1 / 74.5
-  vs 80.1 / 77.0 / 74.6 % test accuracy and LAWN-SGDm 81.1 / 76.9 / 66.1 vs
-  80.7 / 77.0 / 66.1 %, no gain for ~20-30 % more update time, so
-  ``tangent_projection=False``. Per tensor vs per unit gave 81.4 / 77.1 / 74.5
-  vs 80.4 / 77.3 / 74.2 (Adam) and 81.1 / 76.9 / 66.1 vs 81.3 / 76.4 / 65.8
-  (SGDm): equal within the seed spread, so ``granularity="tensor"``, the
-  paper's "weight norms of layers", with one scalar of state per weight.
+  The defaults (``tangent_projection=False``, ``granularity="tensor"``,
+  ``retraction="exact"``) were chosen by measurement; the measurements, and
+  what each option costs per step on each device, are on the docs' results
+  page (generated from ``benchmarks/results``), not here.
 
   The result is :func:`lawn_optax.constrain_norms_after`: the state and
   results of ``optax.named_chain(("base", base_tx), ("lawn",
   constrain_norms(...)))``, with ``("tangent", ...)`` first when projecting,
   so ``state["base"]`` is the base optimizer's state and
   ``state["lawn"].targets`` the frozen norms (see also
-  :func:`lawn_optax.frozen_norms`). With ``free_steps > 0`` (or traced) the
-  free phase runs ``base_tx``'s step alone, and the constrained phase
-  recomputes ``base_tx``'s update inside the gate for the norm rather than
-  storing it (see there for the passes, and for when the plain chain is used
-  instead); to store the update, build that chain yourself.
+  :func:`lawn_optax.frozen_norms`). With a gate (``free_steps > 0``, traced
+  or ``"auto"``) and an elementwise base update, the free phase runs
+  ``base_tx``'s step alone and the constrained phase recomputes
+  ``base_tx``'s update inside the gate for the norm rather than storing it.
+
+  Make it the last transform of a chain: anything after it (clipping,
+  a scaling, another optimizer) changes the update it retracted and the
+  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
+  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
+  lo.lawn(base_tx, ...))``.
 
   Weights whose norm is exactly zero at the freeze step (e.g. a zero-initialised
   head with ``free_steps=0``) have nothing to freeze: they stay unconstrained,
@@ -69,8 +88,10 @@ def lawn(
 
   Args:
     base_tx: any optax transformation (Adam, SGD, LAMB, a chain, ...).
-    free_steps: number of unconstrained steps (>= 0). May be a traced int
-      under ``optax.inject_hyperparams``.
+    free_steps: number of unconstrained updates (>= 0; a traced int under
+      ``optax.inject_hyperparams``, which may change during the run: the
+      norms are frozen on the first constrained step), ``"auto"``, or a
+      :class:`lawn_optax.AutoFreeze` (the rule's settings).
     mask: pytree of bools with the params' structure (or a prefix), or a
       callable ``params -> mask``: the weights of the final homogeneous
       sub-network (see :mod:`lawn_optax.masks`).
@@ -84,16 +105,7 @@ def lawn(
     retraction: ``"exact"`` (default: norms held exactly) or ``"lazy"``
       (one fused pass dividing by the norm before the update; the norm is
       off by at most one update's relative size; see
-      :func:`lawn_optax.constrain_norms`). Measured on a 24M-parameter MLP
-      (2-core CPU, ``benchmarks/results/overhead.json``): LAWN-Adam's
-      update+apply costs 1.93x Adam's with ``"exact"`` and 1.01x with
-      ``"lazy"`` in the constrained phase (full train step 1.14x vs 1.02x),
-      and the free phase is Adam's step in both. On MNIST-1D at the
-      protocol's LAWN-Adam choices the test accuracy difference lazy - exact
-      was +0.02 [-0.96, +1.00] points at batch 64 and -0.31 [-0.78, +0.16]
-      at 2048 (5 seeds, paired;
-      ``benchmarks/results/retraction_mnist1d.json``): no difference found,
-      but exact stays the default because it keeps the norms LAWN freezes.
+      :func:`lawn_optax.constrain_norms`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -116,33 +128,63 @@ def lawn(
     Gupta et al., `LAWN: Logit Attenuating Weight Normalization
     <https://arxiv.org/abs/2108.05839>`_, 2021.
   """
-  _tree.check_step(free_steps, "free_steps")
+  start, auto = _free_steps(free_steps)
   _tree.check_granularity(granularity)
-  common = dict(start_step=free_steps, granularity=granularity,
+  unit_axis = _tree.resolve_axis(unit_axis)
+  common = dict(start_step=start, granularity=granularity,
                 unit_axis=unit_axis)
   steps = [("base", base_tx)]
   if tangent_projection:
+    if auto is not None:
+      raise ValueError(
+          "tangent_projection=True needs a numeric free_steps: the tangent "
+          "projection acts before the base optimizer, before the "
+          "free_steps='auto' rule has decided.")
     steps.insert(0, ("tangent", project_to_tangent(mask, **common)))
   return constrain_norms_after(steps, "lawn", mask, eps=norm_eps,
-                               retraction=retraction, **common)
+                               retraction=retraction, auto_freeze=auto,
+                               **common)
+
+
+def _free_steps(free_steps: Any) -> tuple[Any, AutoFreeze | None]:
+  """(the step that freezes at the latest, the auto rule or None)."""
+  if isinstance(free_steps, str):
+    if free_steps != "auto":
+      raise ValueError(f"free_steps must be an integer, 'auto' or a "
+                       f"lawn_optax.AutoFreeze, got {free_steps!r}.")
+    free_steps = AutoFreeze()
+  if isinstance(free_steps, AutoFreeze):
+    latest = free_steps.latest
+    if latest is None:
+      return _tree.INT32_MAX, free_steps
+    _tree.check_step(latest, "AutoFreeze.latest")
+    return latest, free_steps
+  _tree.check_step(free_steps, "free_steps")
+  return free_steps, None
 
 
 def lawn_adam(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    free_steps: Any,
+    free_steps: FreeSteps,
     mask: _tree.MaskOrFn,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
     nesterov: bool = False,
-    granularity: str = "tensor",
+    granularity: _tree.Granularity = "tensor",
     tangent_projection: bool = False,
-    unit_axis: int = -1,
-    retraction: str = "exact",
+    unit_axis: int | None = None,
+    retraction: Retraction = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   """LAWN on ``optax.adam`` (no weight decay).
+
+  Make it the last transform of a chain: anything after it (clipping,
+  a scaling, another optimizer) changes the update it retracted and the
+  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
+  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
+  lo.lawn_adam(...))``.
 
   Args:
     learning_rate: a float or an optax schedule.
@@ -173,16 +215,22 @@ def lawn_adam(
 def lawn_sgd(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    free_steps: Any,
+    free_steps: FreeSteps,
     mask: _tree.MaskOrFn,
     momentum: float | None = None,
     nesterov: bool = False,
-    granularity: str = "tensor",
+    granularity: _tree.Granularity = "tensor",
     tangent_projection: bool = False,
-    unit_axis: int = -1,
-    retraction: str = "exact",
+    unit_axis: int | None = None,
+    retraction: Retraction = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   """LAWN on ``optax.sgd`` (heavy-ball or Nesterov momentum, no weight decay).
+
+  Make it the last transform of a chain: anything after it (clipping,
+  a scaling, another optimizer) changes the update it retracted and the
+  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
+  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
+  lo.lawn_sgd(...))``.
 
   Args:
     learning_rate: a float or an optax schedule.
@@ -213,18 +261,24 @@ def lawn_sgd(
 def lawn_lamb(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    free_steps: Any,
+    free_steps: FreeSteps,
     mask: _tree.MaskOrFn,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-6,
     eps_root: float = 0.0,
-    granularity: str = "tensor",
+    granularity: _tree.Granularity = "tensor",
     tangent_projection: bool = False,
-    unit_axis: int = -1,
-    retraction: str = "exact",
+    unit_axis: int | None = None,
+    retraction: Retraction = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   """LAWN on ``optax.lamb`` with its weight decay at 0 (LAWN replaces it).
+
+  Make it the last transform of a chain: anything after it (clipping,
+  a scaling, another optimizer) changes the update it retracted and the
+  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
+  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
+  lo.lawn_lamb(...))``.
 
   Args:
     learning_rate: a float or an optax schedule.

@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +26,27 @@ import numpy as np
 
 from lawn_optax import _tree
 
-__all__ = ["by_path", "check_homogeneous", "describe", "explain",
+__all__ = ["Report", "by_path", "check_homogeneous", "describe", "explain",
            "final_homogeneous", "kernels", "last_layers", "layers"]
 
 KERNEL = r"(.*/)?kernel"
+
+
+class Report(str):
+  """The text of :func:`explain` or :func:`describe`: a ``str`` that a REPL
+  or notebook shows once, as text (``print(report)`` prints it too).
+
+  Example:
+    >>> import lawn_optax as lo
+    >>> lo.masks.Report("selected 1 of 2 leaves")
+    selected 1 of 2 leaves
+  """
+
+  def __repr__(self) -> str:
+    return str(self)
+
+  def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+    p.text(str(self))
 
 
 def _leaf_bools(params: Any, flags: list[bool]) -> Any:
@@ -136,21 +153,24 @@ def last_layers(params: Any, n: int, include: str = KERNEL) -> Any:
       and not _tree.is_masked_node(x) for k, x in zip(keys, leaves)])
 
 
-def describe(mask: _tree.MaskOrFn, params: Any, *, print_fn=print) -> str:
+def describe(mask: _tree.MaskOrFn, params: Any, *,
+             print_fn: Any = None) -> Report:
   """A readable report of what ``mask`` selects: paths, shapes, counts.
 
   Args:
     mask: a mask (or callable) for ``params``.
     params: the params pytree.
-    print_fn: where the report goes (``None`` to only return it).
+    print_fn: also hand the text to it (e.g. ``print``, a logger's
+      ``info``); by default nothing is printed.
 
   Returns:
-    The report text.
+    The report, a :class:`Report` (a ``str`` that a REPL or notebook shows
+    once, as text).
 
   Example:
     >>> import jax.numpy as jnp, lawn_optax as lo
     >>> p = {'a': {'kernel': jnp.ones((2, 3))}, 'b': {'kernel': jnp.ones(3)}}
-    >>> _ = lo.masks.describe({'a': True, 'b': False}, p)
+    >>> lo.masks.describe({'a': True, 'b': False}, p)
     selected 1 of 2 leaves, 6 of 9 parameters (66.7%)
       a/kernel  (2, 3)  6
   """
@@ -165,7 +185,7 @@ def describe(mask: _tree.MaskOrFn, params: Any, *, print_fn=print) -> str:
   lines = [f"selected {len(chosen)} of {len(rows)} leaves, {sel} of {total} "
            f"parameters ({100.0 * sel / max(total, 1):.1f}%)"]
   lines += [f"  {p:<{width}}  {s}  {c}" for p, s, c, _ in chosen]
-  text = "\n".join(lines)
+  text = Report("\n".join(lines))
   if print_fn is not None:
     print_fn(text)
   return text
@@ -194,7 +214,7 @@ def _analyse(fn, params, args, kwargs, biases, include_embeddings,
 
 
 def final_homogeneous(fn: Any, params: Any = None, *example_args: Any,
-                      biases: str = "strict", include_embeddings: bool = True,
+                      biases: Literal["strict", "ignore"] = "strict", include_embeddings: bool = True,
                       include_scales: bool = True,
                       **example_kwargs: Any) -> Any:
   """Mask of the final homogeneous sub-network, found by tracing ``fn``.
@@ -242,9 +262,9 @@ def final_homogeneous(fn: Any, params: Any = None, *example_args: Any,
   ``nnx.state(model, nnx.Param)`` (usable with ``nnx.Optimizer``), and the
   module's other state is abstract too.
 
-  Speed: a 12-layer, d=768 GPT-2-sized model (nnx, abstract, 163M parameters
-  with its untied head, 149 leaves) is traced and analysed in 0.3 s on this
-  project's 2-core CPU (``python -m benchmarks.mask_analysis``).
+  Speed: it traces abstractly and solves small constraint systems; a
+  GPT-2-sized model takes a fraction of a second (``python -m
+  benchmarks.mask_analysis`` times one).
 
   Args:
     fn: ``(params, *args, **kwargs) -> logits``, or an ``nnx.Module``.
@@ -279,7 +299,7 @@ def final_homogeneous(fn: Any, params: Any = None, *example_args: Any,
     >>> params = net.init(jax.random.key(0), jnp.ones((1, 4)))['params']
     >>> mask = lo.masks.final_homogeneous(
     ...     lambda p, x: net.apply({'params': p}, x), params, jnp.zeros((1, 4)))
-    >>> _ = lo.masks.describe(mask, params)
+    >>> lo.masks.describe(mask, params)
     selected 2 of 5 leaves, 88 of 136 parameters (64.7%)
       Dense_1/kernel  (8, 8)  64
       Dense_2/kernel  (8, 3)  24
@@ -299,9 +319,9 @@ def final_homogeneous(fn: Any, params: Any = None, *example_args: Any,
 
 
 def explain(fn: Any, params: Any = None, *example_args: Any,
-            biases: str = "strict", include_embeddings: bool = True,
-            include_scales: bool = True, print_fn: Any = print,
-            **example_kwargs: Any) -> str:
+            biases: Literal["strict", "ignore"] = "strict", include_embeddings: bool = True,
+            include_scales: bool = True, print_fn: Any = None,
+            **example_kwargs: Any) -> Report:
   """Per leaf: in or out of :func:`final_homogeneous`'s set, and why.
 
   Takes the same arguments as :func:`final_homogeneous` and never raises for
@@ -313,16 +333,18 @@ def explain(fn: Any, params: Any = None, *example_args: Any,
     fn: as for :func:`final_homogeneous`; so are ``params``,
       ``example_args``, ``biases``, ``include_embeddings``,
       ``include_scales`` and ``example_kwargs``.
-    print_fn: where the report goes (``None`` to only return it).
+    print_fn: also hand the text to it (e.g. ``print``); by default
+      nothing is printed.
 
   Returns:
-    The report: one line per leaf, ``in``/``out``, path, shape, reason.
+    The report, a :class:`Report` (a ``str`` shown once, as text, by a REPL
+    or notebook): one line per leaf, ``in``/``out``, path, shape, reason.
 
   Example:
     >>> import jax.numpy as jnp, lawn_optax as lo
     >>> f = lambda p, x: jnp.tanh(x @ p['w1']) @ p['w2'] * p['t']
     >>> p = {'w1': jnp.ones((4, 3)), 'w2': jnp.ones((3, 2)), 't': jnp.ones(())}
-    >>> _ = lo.masks.explain(f, p, jnp.ones((1, 4)))  # doctest: +ELLIPSIS
+    >>> lo.masks.explain(f, p, jnp.ones((1, 4)))  # doctest: +ELLIPSIS
     final homogeneous set: 2 of 3 leaves, degree 2
       in   t   ()      degree 1
       in   w2  (3, 2)  degree 1
@@ -341,7 +363,7 @@ def explain(fn: Any, params: Any = None, *example_args: Any,
   lines = [head] + [
       f"  {'in ' if f else 'out'}  {p:<{w_path}}  {str(s):<{w_shape}}  {why}"
       for f, p, s, why in rows]
-  text = "\n".join(lines)
+  text = Report("\n".join(lines))
   if print_fn is not None:
     print_fn(text)
   return text

@@ -19,8 +19,10 @@ __all__ = ["DEFAULT_EPS", "leaf_norm", "norm_of_sum", "norms",
            "retraction_scale", "safe_div", "sum_squares", "sum_squares_of_sum",
            "tangent"]
 
-# Below this norm a direction is undefined; the retraction then leaves the
-# weight where it is rather than dividing by ~0.
+# Below this norm (of the weight the retraction would rescale) a direction is
+# too poorly defined to hold: the retraction then passes the update through
+# unchanged, as for an unconstrained weight, rather than rescaling by a
+# factor of up to target / eps. norm_eps=0 holds any positive norm exactly.
 DEFAULT_EPS = 1e-12
 
 
@@ -37,24 +39,74 @@ def safe_div(num: jax.Array, den: jax.Array, fallback: float) -> jax.Array:
   return jnp.where(ok, num / jnp.where(ok, den, 1.0), fallback)
 
 
-def sum_squares(x: jax.Array, granularity: str = "tensor",
-                unit_axis: int = -1) -> jax.Array:
-  """Float32 sum of squares per tensor (shape ``()``) or per unit (keepdims)."""
+def _unit(scale: Any) -> Any:
+  """A positive finite normaliser: ``scale`` where it is one, else 1 (no
+  derivative flows through it: the norm's value does not depend on it)."""
+  if scale is None:
+    return None
+  scale = jax.lax.stop_gradient(scale)
+  return jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
+
+
+def sum_squares(x: jax.Array, granularity: _tree.Granularity = "tensor",
+                unit_axis: int = -1, scale: Any = None) -> jax.Array:
+  """Float32 sum of squares of ``x / scale`` per tensor (shape ``()``) or per
+  unit (keepdims); ``scale`` (broadcastable to the result) keeps the squares
+  of very large or small weights in range."""
   x = x.astype(jnp.float32)
   axes = _reduce_axes(x.ndim, granularity, unit_axis)
+  s = _unit(scale)
+  if s is not None:
+    x = x / s
   return jnp.sum(x * x, axis=axes, keepdims=axes is not None)
 
 
-def leaf_norm(x: jax.Array, granularity: str = "tensor",
-              unit_axis: int = -1) -> jax.Array:
+def leaf_norm(x: jax.Array, granularity: _tree.Granularity = "tensor",
+              unit_axis: int = -1, scale: Any = None) -> jax.Array:
   """Float32 L2 norm of one array, per tensor or per output unit.
 
   Per unit, every axis but ``unit_axis`` is reduced, with ``keepdims`` so the
   result broadcasts against ``x`` (for a Flax ``Dense`` kernel ``(in, out)``
-  the norms have shape ``(1, out)``). Its derivative at ``x = 0`` is 0
+  the norms have shape ``(1, out)``). Exact for every finite array, however
+  large or small: a float32 sum of squares overflows above a norm of ~1e19
+  and loses tiny values below ~1e-19, so out of that range (or given
+  ``scale``, a close estimate of the norm: the frozen one) the squares are
+  of ``x / scale``, ``scale`` the largest magnitude otherwise (a second
+  reduction, only then). Its derivative at ``x = 0`` is 0
   (:func:`_norm_from_squares`).
   """
-  return _norm_from_squares(sum_squares(x, granularity, unit_axis))
+  if scale is not None:
+    return _unit(scale) * _norm_from_squares(
+        sum_squares(x, granularity, unit_axis, scale))
+  ss = sum_squares(x, granularity, unit_axis)
+
+  def rescaled(x):
+    m, x = _max_abs_then(x, granularity, unit_axis)
+    return _unit(m) * _norm_from_squares(
+        sum_squares(x, granularity, unit_axis, m))
+
+  return jax.lax.cond(_in_range(ss), lambda _: _norm_from_squares(ss),
+                      rescaled, x)
+
+
+# A float32 sum of squares above this is exact enough (its largest terms did
+# not underflow); below it, or not finite, the norm is recomputed rescaled.
+_SMALLEST_SQUARES = 1e-30
+
+
+def _in_range(ss: jax.Array) -> jax.Array:
+  return jnp.all(jnp.isfinite(ss) & (ss > _SMALLEST_SQUARES))
+
+
+def _max_abs_then(x: jax.Array, granularity: str, unit_axis: int
+                  ) -> tuple[jax.Array, jax.Array]:
+  """The largest magnitude (float32, per tensor or unit) and ``x`` to read
+  again after it: the barrier keeps XLA from sharing one float32 copy of a
+  bf16 ``x`` between the two reductions (a parameter-sized temporary)."""
+  axes = _reduce_axes(x.ndim, granularity, unit_axis)
+  m = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axes,
+              keepdims=axes is not None, initial=0.0)
+  return jax.lax.optimization_barrier((m, x))
 
 
 def _norm_from_squares(ss: jax.Array) -> jax.Array:
@@ -65,7 +117,7 @@ def _norm_from_squares(ss: jax.Array) -> jax.Array:
   return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, ss)))
 
 
-def norms(tree: Any, granularity: str = "tensor", unit_axis: int = -1) -> Any:
+def norms(tree: Any, granularity: _tree.Granularity = "tensor", unit_axis: int = -1) -> Any:
   """Float32 norms of every leaf of ``tree`` (see :func:`leaf_norm`).
 
   Example:
@@ -81,53 +133,84 @@ def norms(tree: Any, granularity: str = "tensor", unit_axis: int = -1) -> Any:
 
 
 def retract(w: jax.Array, u: jax.Array, target: jax.Array,
-            granularity: str = "tensor", unit_axis: int = -1,
+            granularity: _tree.Granularity = "tensor", unit_axis: int = -1,
             eps: float = DEFAULT_EPS) -> jax.Array:
   """The update ``u'`` such that ``w + u'`` has norm ``target``.
 
-  ``u' = k u + (k - 1) w`` with ``k = target / max(||w + u||, eps)`` in
-  float32, cast back to ``u.dtype`` (the same point as ``k (w + u) - w``,
-  written so that ``w + u`` is never materialised: one reduction over ``w``
-  and ``u``, then one elementwise pass). Where ``target`` is 0 the update is
-  ``u`` unchanged (a weight whose frozen norm is zero is left unconstrained
-  rather than pinned at 0).
+  ``u' = k u + (k - 1) w`` with ``k = target / ||w + u||`` in float32, cast
+  back to ``u.dtype`` (the same point as ``k (w + u) - w``, written so that
+  ``w + u`` is never materialised: one reduction over ``w`` and ``u``, then
+  one elementwise pass). The squares are of ``(w + u) / target``, so no
+  norm overflows. Where ``target`` is 0, or ``||w + u|| <= eps``, the update
+  is ``u`` unchanged (:func:`retraction_scale`).
   """
-  norm = norm_of_sum(w, u, granularity, unit_axis)
+  norm = norm_of_sum(w, u, granularity, unit_axis, scale=target)
   return rescaled_update(w, u, retraction_scale(target, norm, eps))
 
 
 def retraction_scale(target: jax.Array, norm: jax.Array,
                      eps: float = DEFAULT_EPS) -> jax.Array:
-  """``target / max(norm, eps)``, or 1 where ``target`` is 0 (a weight
-  with nothing frozen is left unconstrained)."""
-  return jnp.where(target > 0, target / jnp.maximum(norm, eps), 1.0)
+  """``target / norm``, or 1 where ``target`` is 0 (a weight with nothing
+  frozen is left unconstrained), where ``norm <= eps`` (no direction to
+  hold: the weight is left where its update puts it, never collapsed) and
+  where the ratio would overflow; a NaN norm gives 1 (the NaN in the
+  update reaches the weight, as with any optax optimizer)."""
+  ok = (target > 0) & (norm > eps)
+  k = jnp.where(ok, target / jnp.where(ok, norm, 1.0), 1.0)
+  return jnp.where(jnp.isfinite(k), k, 1.0)
 
 
-def sum_squares_of_sum(w: jax.Array, u: jax.Array, granularity: str = "tensor",
-                       unit_axis: int = -1) -> jax.Array:
-  """Float32 ``||w + u||^2`` per tensor or unit, one fused reduction."""
+def sum_squares_of_sum(w: jax.Array, u: jax.Array, granularity: _tree.Granularity = "tensor",
+                       unit_axis: int = -1, scale: Any = None) -> jax.Array:
+  """Float32 ``||(w + u) / scale||^2`` per tensor or unit, one fused
+  reduction (``scale`` as in :func:`sum_squares`)."""
   axes = _reduce_axes(w.ndim, granularity, unit_axis)
   v = w.astype(jnp.float32) + u.astype(jnp.float32)
+  s = _unit(scale)
+  if s is not None:
+    v = v / s
   return jnp.sum(v * v, axis=axes, keepdims=axes is not None)
 
 
-def norm_of_sum(w: jax.Array, u: jax.Array, granularity: str = "tensor",
-                unit_axis: int = -1) -> jax.Array:
+def norm_of_sum(w: jax.Array, u: jax.Array, granularity: _tree.Granularity = "tensor",
+                unit_axis: int = -1, scale: Any = None) -> jax.Array:
   """Float32 ``||w + u||`` per tensor or unit (``w + u`` never materialised),
-  with :func:`leaf_norm`'s derivative at zero."""
-  return _norm_from_squares(sum_squares_of_sum(w, u, granularity, unit_axis))
+  with :func:`leaf_norm`'s derivative at zero. ``scale``: a close estimate
+  of the norm (the frozen one) that keeps the squares in range."""
+  s = _unit(scale)
+  n = _norm_from_squares(sum_squares_of_sum(w, u, granularity, unit_axis, s))
+  return n if s is None else s * n
 
 
-def radial_coefficient(w: jax.Array, g: jax.Array, granularity: str = "tensor",
+def radial_coefficient(w: jax.Array, g: jax.Array, granularity: _tree.Granularity = "tensor",
                        unit_axis: int = -1) -> jax.Array:
-  """Float32 ``<g, w> / ||w||^2`` per tensor or unit (0 where ``w == 0``)."""
-  w32, g32 = w.astype(jnp.float32), g.astype(jnp.float32)
+  """Float32 ``<g, w> / ||w||^2`` per tensor or unit (0 where ``w == 0``);
+  as ``<g, w/m> / (m ||w/m||^2)``, ``m`` the largest ``|w|``, where
+  ``||w||^2`` is out of float32's range (:func:`leaf_norm`)."""
   axes = _reduce_axes(w.ndim, granularity, unit_axis)
-  inner = jnp.sum(w32 * g32, axis=axes, keepdims=axes is not None)
-  return safe_div(inner, sum_squares(w32, granularity, unit_axis), 0.0)
+
+  def coefficient(ops, m=None):
+    w, g = ops
+    w32, g32 = w.astype(jnp.float32), g.astype(jnp.float32)
+    if m is not None:
+      w32 = w32 / m
+    inner = jnp.sum(w32 * g32, axis=axes, keepdims=axes is not None)
+    ss = jnp.sum(w32 * w32, axis=axes, keepdims=axes is not None)
+    return inner, ss
+
+  inner, ss = coefficient((w, g))
+
+  def rescaled(ops):
+    m, w = _max_abs_then(ops[0], granularity, unit_axis)
+    m = _unit(m)
+    inner, ss = coefficient((w, ops[1]), m)
+    return safe_div(inner, m * ss, 0.0)
+
+  return jax.lax.cond(_in_range(ss), lambda _: safe_div(inner, ss, 0.0),
+                      rescaled, (w, g))
 
 
-def tangent(w: jax.Array, g: jax.Array, granularity: str = "tensor",
+def tangent(w: jax.Array, g: jax.Array, granularity: _tree.Granularity = "tensor",
             unit_axis: int = -1) -> jax.Array:
   """``g - (<g, w> / ||w||^2) w`` per tensor or unit; ``g`` where ``w == 0``."""
   coef = radial_coefficient(w, g, granularity, unit_axis)

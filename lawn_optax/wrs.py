@@ -8,6 +8,7 @@ import jax
 import optax
 
 from lawn_optax import _tree
+from lawn_optax._constraint import Retraction
 from lawn_optax.numerics import DEFAULT_EPS, leaf_norm, safe_div
 from lawn_optax.projection import constrain_norms_after
 
@@ -16,12 +17,12 @@ def weight_rescaling(
     base_tx: optax.GradientTransformation,
     *,
     mask: _tree.MaskOrFn,
-    period: Any = 1,
+    period: _tree.Step = 1,
     target: Any = 1.0,
-    granularity: str = "unit",
-    unit_axis: int = -1,
+    granularity: _tree.Granularity = "unit",
+    unit_axis: int | None = None,
     norm_eps: float = DEFAULT_EPS,
-    retraction: str = "exact",
+    retraction: Retraction = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   """WRS: rescale BN-preceded kernels to a target norm every ``period`` steps.
 
@@ -37,6 +38,12 @@ def weight_rescaling(
   after the kernel). In training mode BN uses batch statistics, so this only
   matters for evaluation between rescales; :func:`rescale_batch_stats`
   rescales the running statistics consistently if it does.
+
+  Make it the last transform of a chain: anything after it (clipping,
+  a scaling, another optimizer) changes the update it retracted and the
+  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
+  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
+  lo.weight_rescaling(...))``.
 
   Args:
     base_tx: the optimizer (no weight decay).
@@ -70,6 +77,7 @@ def weight_rescaling(
     Regularization for Deep Neural Networks with Batch Normalization
     <https://arxiv.org/abs/2102.03497>`_, 2022.
   """
+  _tree.check_step(period, "period", minimum=1)
   return constrain_norms_after(
       [("base", base_tx)], "wrs", mask, target=target, period=period,
       granularity=granularity, unit_axis=unit_axis, eps=norm_eps,

@@ -11,7 +11,9 @@ import pytest
 
 SCRIPT = Path(__file__).parent / "scripts" / "checkpoint_check.py"
 ENV = dict(os.environ, PYTHONPATH=str(SCRIPT.parents[2]))
-METHODS = ["lawn", "lawn_multisteps", "fixnorm", "wrs", "cblr", "inject"]
+from tests import registry  # noqa: E402
+
+METHODS = [m.name for m in registry.METHODS] + ["lawn_multisteps", "inject"]
 
 
 def _run(*args):

@@ -1,6 +1,5 @@
 """Every method through the shared composition battery (tests/battery.py)."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,88 +7,10 @@ import optax
 import pytest
 
 import lawn_optax as lo
-from tests import battery
+from tests import battery, registry
 
-FREE = 3
-
-
-def _lawn_invariant(granularity):
-  def invariant(before, after, state, step, rtol):
-    if step < FREE:
-      return
-    frozen = lo.frozen_norms(state)
-    got = lo.weight_norms(after, battery.kernel_mask, granularity)
-    chex.assert_trees_all_close(got, frozen, rtol=rtol, atol=0)
-  return invariant
-
-
-def _lawn(base, granularity="tensor", tangent=False):
-  def factory(learning_rate, mask):
-    return lo.lawn(base(learning_rate), free_steps=FREE, mask=mask,
-                   granularity=granularity, tangent_projection=tangent)
-  return factory
-
-
-METHODS = [
-    battery.Method("lawn_adam", lambda learning_rate, mask: lo.lawn_adam(
-        learning_rate, free_steps=FREE, mask=mask), _lawn_invariant("tensor"),
-                   1e-2),
-    battery.Method("lawn_sgd_unit_tangent", lambda learning_rate, mask:
-                   lo.lawn_sgd(learning_rate, free_steps=FREE, mask=mask,
-                               momentum=0.9, nesterov=True, granularity="unit",
-                               tangent_projection=True),
-                   _lawn_invariant("unit"), 0.1),
-    battery.Method("lawn_lamb", lambda learning_rate, mask: lo.lawn_lamb(
-        learning_rate, free_steps=FREE, mask=mask), _lawn_invariant("tensor"),
-                   1e-2),
-    # The lazy retraction keeps each norm within one update's relative size
-    # of its frozen value (bound tested in test_lawn.py): 2 % at this rate.
-    battery.Method("lawn_adam_lazy", lambda learning_rate, mask: lo.lawn_adam(
-        learning_rate, free_steps=FREE, mask=mask, retraction="lazy"),
-                   lambda *a: _lawn_invariant("tensor")(*a[:4], 2e-2), 1e-2),
-]
-
-
-def _head(p):
-  last = max(p, key=lambda k: int(k.split("_")[1]))
-  return {k: {"kernel": k == last, "bias": False} for k in p}
-
-
-def _body(p):
-  last = max(p, key=lambda k: int(k.split("_")[1]))
-  return {k: {"kernel": k != last, "bias": False} for k in p}
-
-
-def _norms_equal_targets(granularity, every=1):
-  def invariant(before, after, state, step, rtol):
-    if step % every:
-      return
-    got = lo.weight_norms(after, battery.kernel_mask, granularity)
-    chex.assert_trees_all_close(got, lo.frozen_norms(state), rtol=rtol, atol=0)
-  return invariant
-
-
-def _finite(before, after, state, step, rtol):
-  chex.assert_tree_all_finite(after)
-
-
-METHODS += [
-    battery.Method("fixnorm", lambda learning_rate, mask: lo.fixnorm(
-        optax.sgd(learning_rate, momentum=0.9), mask=_body,
-        classifier_mask=_head, classifier_norm=2.0),
-                   _norms_equal_targets("tensor"), 0.1),
-    battery.Method("wrs", lambda learning_rate, mask: lo.weight_rescaling(
-        optax.adam(learning_rate), mask=mask, period=2),
-                   _norms_equal_targets("unit", every=2), 1e-2),
-    battery.Method("cblr_secant", lambda learning_rate, mask: lo.cblr(
-        learning_rate, estimator="secant", mask=mask, max_scale=10.0),
-                   _finite, 0.05),
-    battery.Method("mclr", lambda learning_rate, mask: lo.mclr(
-        learning_rate, mask=mask), _finite, 0.05),
-    battery.Method("lars", lambda learning_rate, mask: lo.paper_lars(
-        learning_rate, weight_decay=1e-3, trust_coefficient=0.01, mask=mask),
-                   _finite, 1.0),
-]
+METHODS = [battery.Method(m.name, m.factory, m.invariant, m.learning_rate)
+           for m in registry.METHODS]
 
 
 @pytest.mark.parametrize("check", list(battery.CHECKS))

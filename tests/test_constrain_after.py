@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import lawn_optax as lo
-from lawn_optax import projection
+from lawn_optax import _gating, _recompute
 
 
 def _params(rng, dtype=jnp.float32):
@@ -107,14 +107,14 @@ def test_inactive_rescale_is_the_identity_on_every_float(dtype):
   w = jnp.asarray(special[::-1], dtype)
   k = jnp.asarray(1.7, jnp.float32)
   with jax.numpy_dtype_promotion("strict"):  # library code: no implicit casts
-    got = projection._rescaled_when(jnp.asarray(False), w, u, k)
+    got = _gating.rescaled_when(jnp.asarray(False), w, u, k)
   bits = f"uint{8 * jnp.dtype(dtype).itemsize}"
   # Bit for bit, except a NaN's payload: XLA:GPU returns its own NaN
   # (0x7fffffff for float32 on an H200), still a NaN.
   assert np.isnan(np.asarray(got, np.float32)[0])
   np.testing.assert_array_equal(np.asarray(got).view(bits)[1:],
                                 np.asarray(u).view(bits)[1:])
-  active = projection._rescaled_when(jnp.asarray(True), w[3:], u[3:], k)
+  active = _gating.rescaled_when(jnp.asarray(True), w[3:], u[3:], k)
   want = lo.numerics.rescaled_update(w[3:], u[3:], k)
   np.testing.assert_array_equal(np.asarray(active, np.float32),
                                 np.asarray(want, np.float32))
@@ -164,7 +164,7 @@ def test_the_gate_stays_a_branch_in_xla(make):
   select (XLA:GPU did: on an H200 LAWN-Adam's free phase cost 1.61x Adam's
   update, as much as the constrained phase). Each gate that skips a
   reduction must hold an op the simplifier keeps (the optimization
-  barrier of ``projection._branch``). Checked on the HLO XLA is handed,
+  barrier of ``_gating.branch``). Checked on the HLO XLA is handed,
   which is the same for every backend."""
   tx = make()
   params = _params(np.random.default_rng(0))
@@ -194,7 +194,7 @@ def test_after_keeps_the_bits(dtype):
   x = jnp.asarray([np.nan, -0.0, 0.0, np.inf, 1e-40, -2.5], dtype)
   bits = f"uint{8 * jnp.dtype(dtype).itemsize}"
   with jax.numpy_dtype_promotion("strict"):
-    got = jax.jit(projection._after)(x, jnp.asarray(True))
+    got = jax.jit(_gating.after)(x, jnp.asarray(True))
   np.testing.assert_array_equal(np.asarray(got).view(bits),
                                 np.asarray(x).view(bits))
 
@@ -265,7 +265,7 @@ def test_expensive_or_effectful_bases_run_once():
                           lambda p: optax.EmptyState(), noted), False)]:
     jaxpr = jax.make_jaxpr(lambda g, s, base=base: base.update(g, s, params))(
         g, base.init(params)).jaxpr
-    assert projection._cheap_to_recompute(jaxpr) is cheap
+    assert _recompute.cheap_to_recompute(jaxpr) is cheap
   tx = lo.lawn(optax.GradientTransformation(lambda p: optax.EmptyState(),
                                             noted), free_steps=1, mask=MASK)
   state = tx.init(params)
@@ -293,7 +293,7 @@ def test_collectives_in_the_base_are_not_rerun():
 
   def body(g):
     jaxpr = jax.make_jaxpr(lambda x: jax.lax.pmean(x, "d") * 2.0)(g)
-    seen.append(projection._cheap_to_recompute(jaxpr.jaxpr))
+    seen.append(_recompute.cheap_to_recompute(jaxpr.jaxpr))
     return g
 
   jax.shard_map(body, mesh=mesh, in_specs=P(), out_specs=P())(jnp.ones(3))
@@ -305,7 +305,7 @@ def test_inactive_rescale_keeps_float64():
   with jax.enable_x64(True):
     u = jnp.asarray([1.0 + 1e-12, np.nan, -0.0, 3.0], jnp.float64)
     w = jnp.ones(4, jnp.float64)
-    got = projection._rescaled_when(jnp.asarray(False), w, u,
+    got = _gating.rescaled_when(jnp.asarray(False), w, u,
                                     jnp.asarray(1.3, jnp.float32))
     assert got.dtype == jnp.float64
     np.testing.assert_array_equal(np.asarray(got).view("uint64"),

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import optax
 import pytest
@@ -134,6 +135,39 @@ BAD_INPUTS = [
      lambda: lo.masks.final_homogeneous(
          lambda p, x: jnp.argmax(x @ p["w"], -1), {"w": jnp.ones((2, 2))},
          jnp.ones((1, 2))), ValueError, r"no floating-point output"),
+    ("free_steps beyond the int32 step counter",
+     lambda: _lawn(free_steps=2**31), ValueError,
+     r"free_steps=2147483648 does not fit the int32 step counter"),
+    ("unknown free_steps mode",
+     lambda: _lawn(free_steps="later"), ValueError,
+     r"free_steps must be an integer, 'auto' or a lawn_optax.AutoFreeze"),
+    ("AutoFreeze checking every 0 steps",
+     lambda: _lawn(free_steps=lo.AutoFreeze(every=0)), ValueError,
+     r"AutoFreeze.every must be a Python int >= 1"),
+    ("AutoFreeze threshold of 1 or more",
+     lambda: _lawn(free_steps=lo.AutoFreeze(threshold=1.0)), ValueError,
+     r"AutoFreeze.threshold must be < 1"),
+    ("free_steps='auto' with the tangent projection",
+     lambda: _lawn(free_steps="auto", tangent_projection=True), ValueError,
+     r"tangent_projection=True needs a numeric free_steps"),
+    ("an explicit unit_axis traced by inject_hyperparams",
+     lambda: jax.jit(optax.inject_hyperparams(lo.lawn_sgd, static_args=(
+         "mask",))(learning_rate=0.1, free_steps=0, mask=MASK,
+                   granularity="unit", unit_axis=-1).update)(
+                       PARAMS, optax.inject_hyperparams(
+                           lo.lawn_sgd, static_args=("mask",))(
+                               learning_rate=0.1, free_steps=0, mask=MASK,
+                               granularity="unit", unit_axis=-1).init(PARAMS),
+                       PARAMS), TypeError,
+     r"unit_axis is a traced value"),
+    ("mask=None",
+     lambda: _lawn(mask=None).init(PARAMS), ValueError, r"mask is None"),
+    ("update with state and params swapped",
+     lambda: _lawn().update(PARAMS, PARAMS, _lawn().init(PARAMS)), TypeError,
+     r"were state and params swapped"),
+    ("check_norms on a state without a norm constraint",
+     lambda: lo.check_norms(PARAMS, optax.sgd(0.1).init(PARAMS)), ValueError,
+     r"opt_state holds no norm constraint"),
     ("final_homogeneous on a function of no params",
      lambda: lo.masks.final_homogeneous(
          lambda p, x: 2.0 * x, {"w": jnp.ones((2, 2))}, jnp.ones((1, 2))),

@@ -21,7 +21,9 @@ def result():
   return json.loads(line[len("RESULT "):])
 
 
-METHODS = ["lawn_tensor", "lawn_unit_tangent", "fixnorm", "wrs", "cblr"]
+from tests import registry  # noqa: E402
+
+METHODS = [m.name for m in registry.METHODS]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -43,9 +45,9 @@ def test_no_gather_only_norm_reductions(result, method):
 def test_state_shardings_follow_the_norm_granularity(result):
   # One norm per tensor: a replicated scalar. One norm per output unit: the
   # (1, out) vector stays split over the 'model' axis like the kernels' outputs.
-  for spec in result["lawn_tensor"]["target_specs"].values():
+  for spec in result["lawn_adam"]["target_specs"].values():
     assert spec == "P()"
-  for method in ("lawn_unit_tangent", "wrs"):
+  for method in ("lawn_sgd_unit_tangent", "wrs"):
     specs = result[method]["target_specs"]
     assert len(specs) == 3
     assert all(s == "P(None, 'model')" for s in specs.values()), specs

@@ -17,6 +17,7 @@ import optax
 import orbax.checkpoint as ocp
 
 import lawn_optax as lo
+from tests import registry
 
 TOTAL, FREE = 12, 5
 directory, mode, save_step = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -31,18 +32,17 @@ params0 = {"Dense_0": {"kernel": jnp.asarray(rng.normal(size=(6, 8)),
                                              jnp.float32),
                        "bias": jnp.zeros(3, jnp.float32)}}
 kmask = lo.masks.kernels(params0)
-TXS = {
-    "lawn": lambda: lo.lawn_adam(1e-2, free_steps=FREE, mask=kmask,
-                                 granularity="unit", tangent_projection=True),
+# Every registered method (tests/registry.py), and two wrappers whose state
+# nests the method's.
+TXS = {m.name: (lambda m=m: m.factory(m.learning_rate, kmask))
+       for m in registry.METHODS}
+TXS.update({
     "lawn_multisteps": lambda: optax.MultiSteps(
         lo.lawn_sgd(0.1, free_steps=2, mask=kmask, momentum=0.9), 2),
-    "fixnorm": lambda: lo.fixnorm(optax.sgd(0.1, momentum=0.9), mask=kmask),
-    "wrs": lambda: lo.weight_rescaling(optax.adam(1e-2), mask=kmask, period=3),
-    "cblr": lambda: lo.cblr(0.1, estimator="secant", mask=kmask),
     "inject": lambda: optax.inject_hyperparams(
         lo.lawn_adam, static_args=("mask",))(learning_rate=1e-2,
                                              free_steps=FREE, mask=kmask),
-}
+})
 
 
 def loss(p, t):

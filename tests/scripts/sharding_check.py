@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P
 
 import lawn_optax as lo  # noqa: E402
+from tests import registry  # noqa: E402
 
 assert jax.device_count() == 8, jax.devices()
 mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
@@ -34,19 +35,9 @@ spec = {k: {"kernel": P("data", "model"), "bias": P("model")} for k in params}
 shard = jax.tree.map(lambda s: NamedSharding(mesh, s), spec,
                      is_leaf=lambda x: isinstance(x, P))
 kmask = lo.masks.kernels(params)
-head = {k: {"kernel": k == "Dense_2", "bias": False} for k in params}
-body = {k: {"kernel": k != "Dense_2", "bias": False} for k in params}
 
-METHODS = {
-    "lawn_tensor": lambda: lo.lawn_adam(1e-2, free_steps=1, mask=kmask),
-    "lawn_unit_tangent": lambda: lo.lawn_sgd(
-        0.1, free_steps=1, mask=kmask, momentum=0.9, granularity="unit",
-        tangent_projection=True),
-    "fixnorm": lambda: lo.fixnorm(optax.sgd(0.1, momentum=0.9), mask=body,
-                                  classifier_mask=head, classifier_norm=2.0),
-    "wrs": lambda: lo.weight_rescaling(optax.adam(1e-2), mask=kmask),
-    "cblr": lambda: lo.cblr(0.1, estimator="grad_weight_ratio", mask=kmask),
-}
+METHODS = {m.name: (lambda m=m: m.factory(m.learning_rate, kmask))
+           for m in registry.METHODS}
 
 
 def run(tx, p, g, steps=3):
