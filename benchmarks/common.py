@@ -37,6 +37,80 @@ def git_commit() -> str:
     return "unknown"
 
 
+ROOT = Path(__file__).resolve().parents[1]
+# Modules whose code never changes a number (how results are shown).
+NOT_HASHED = frozenset({"benchmarks.report", "benchmarks.tables"})
+
+
+def _normalized_source(path: Path) -> str:
+  """The code of a module without docstrings and comments (an AST dump):
+  edits to documentation do not make a result stale, edits to code do."""
+  import ast
+  tree = ast.parse(path.read_text())
+  for node in ast.walk(tree):
+    body = getattr(node, "body", None)
+    if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)):
+      node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+  return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+def code_files(modules: Any = None) -> list[str]:
+  """Repository paths of the code that determines a run's numbers: every
+  imported module of ``lawn_optax`` and ``benchmarks`` (but the results
+  pages), sorted. ``modules``: module names (default: ``sys.modules``)."""
+  names = sys.modules if modules is None else modules
+  files = set()
+  for name in names:
+    top = name.split(".")[0]
+    if top not in ("lawn_optax", "benchmarks") or name in NOT_HASHED:
+      continue
+    mod = sys.modules.get(name)
+    path = getattr(mod, "__file__", None)
+    if path and path.endswith(".py"):
+      p = Path(path).resolve()
+      if ROOT in p.parents:
+        files.add(p.relative_to(ROOT).as_posix())
+  return sorted(files)
+
+
+def code_hashes(files: list[str]) -> dict[str, str]:
+  """SHA-256 (16 hex digits) of each file's normalized code; ``"missing"``
+  for a file that no longer exists."""
+  import hashlib
+  out = {}
+  for f in files:
+    path = ROOT / f
+    out[f] = (hashlib.sha256(_normalized_source(path).encode()).hexdigest()[:16]
+              if path.exists() else "missing")
+  return out
+
+
+def code_hash(hashes: dict[str, str]) -> str:
+  """One hash over the per-file hashes."""
+  import hashlib
+  text = "\n".join(f"{f} {h}" for f, h in sorted(hashes.items()))
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def provenance_of_code() -> dict[str, Any]:
+  """``code_hash`` and ``code_files`` (file -> hash) for a results file:
+  call it at the end of a run, when every module it used is imported."""
+  files = code_hashes(code_files())
+  return {"code_hash": code_hash(files), "code_files": files}
+
+
+def stale_files(results: dict[str, Any]) -> list[str] | None:
+  """The files whose code changed since ``results`` were produced (sorted),
+  ``[]`` if none, ``None`` if the results record no code hash."""
+  recorded = results.get("code_files")
+  if not recorded:
+    return None
+  now = code_hashes(sorted(recorded))
+  return sorted(f for f in recorded if now[f] != recorded[f])
+
+
 def _version(module: str) -> str | None:
   from importlib import metadata
   try:

@@ -1,21 +1,28 @@
 """What LAWN buys: test metric vs batch size, base optimizers with and without LAWN.
 
-    python -m benchmarks.generalization            # --quick: MNIST-1D, ~5 min on 2 CPU cores
-    python -m benchmarks.generalization --full     # every optimizer, wide batch sweep (GPU)
-    python -m benchmarks.generalization --dataset fashion_mnist|movielens|digits
+    python -m benchmarks.generalization                  # the main job (preset "quick")
+    python -m benchmarks.generalization --preset mnist1d # the committed MNIST-1D table
+    python -m benchmarks.generalization --preset fashion-cpu|movielens-cpu|mnist1d-sgd-lamb
+    python -m benchmarks.generalization --full           # every optimizer, wide batch sweep (GPU)
 
-Protocol (per dataset, optimizer and batch size = one *cell*):
-  * the same epoch budget at every batch size;
-  * a validation split is carved from the training set; every hyper-parameter
-    configuration (learning rate; weight decay for AdamW; LAWN's free fraction)
-    is trained on the rest, for every seed, all configurations and seeds
-    ``vmap``-ed into one jitted ``lax.scan``;
-  * the configuration with the best mean validation metric is selected, and
-    its test metric is reported as mean +- std over seeds (test is never used
-    to choose anything).
-Outputs: ``results/generalization_<dataset>.json`` (with command, git commit,
-seeds, versions), a Markdown table, and plots (metric vs batch size; weight
-and logit norms over training for the selected configurations).
+The main job trains Adam, AdamW and LAWN-Adam on MNIST-1D at batch 2048 under
+the comparison protocol (:mod:`benchmarks.protocol`: 18 configurations per
+method, every one on 8 seeds, 4 repeated studies), prints its progress, and
+writes ``~/lawn_optax_results/generalization_mnist1d_quick.{json,md}`` and
+its figures (or ``$LAWN_OPTAX_RESULTS``, or ``--out DIR``). Its committed twin
+is ``benchmarks/results/generalization_mnist1d_quick.json``: the same
+command gives the same numbers on the same CPU and versions. Time measured
+on this project's 2-core CPU: see README.
+
+Protocol (per dataset and batch size = one *cell*): the same epoch budget at
+every batch size; a validation split carved from the training set; every
+configuration of every method on every seed, vmapped into one jitted
+``lax.scan`` per base optimizer family; studies that each select on their own
+seeds' validation metric and report test on the rest, paired by seed.
+Outputs: ``generalization_<dataset><tag>.json`` (command, git commit, code
+hash, seeds, studies, versions, every configuration's metrics on every
+seed), a Markdown table, and figures (metric vs batch size; norms over
+training; test metric vs learning rate).
 """
 
 from __future__ import annotations
@@ -231,28 +238,42 @@ def recommender_task(split: data.LeaveOneOut, dim: int = 32) -> Task:
 # ----------------------------------------------------------------------------
 # Methods: each a base family (one program per family) and its tuning grid.
 
-# name -> (family, second axis, its two values, fixed settings). Decoupled
-# decay for the Adam family is ``wd * lr`` per step; SGD's is L2 (added to
-# the gradient); LAMB's sits inside the trust ratio.
-METHODS: dict[str, tuple[str, str, tuple[float, ...], dict[str, float]]] = {
-    "adam": ("adam", "b2", (0.99, 0.999), {}),
-    "adamw": ("adam", "wd", (0.03, 0.3), {}),
-    "lawn-adam": ("adam", "free_frac", (0.25, 0.5), {"lawn": 1.0}),
-    "lawn-adamw": ("adam", "wd", (0.03, 0.3),
-                   {"lawn": 1.0, "free_frac": 0.5, "decay_constrained": 0.0}),
-    "sgdm": ("sgdm", "momentum", (0.9, 0.95), {}),
-    "sgdm-wd": ("sgdm", "wd", (5e-4, 5e-3), {}),
-    "lawn-sgdm": ("sgdm", "free_frac", (0.25, 0.5), {"lawn": 1.0}),
-    "lamb": ("lamb", "b2", (0.99, 0.999), {}),
-    "lamb-wd": ("lamb", "wd", (0.01, 0.1), {}),
-    "lawn-lamb": ("lamb", "free_frac", (0.25, 0.5), {"lawn": 1.0}),
+# name -> (family, second axis, its values, fixed settings, the axis's
+# scale for extensions: protocol.KNOB_SCALES). Decoupled decay for the Adam
+# family is ``wd * lr`` per step; SGD's is L2 (added to the gradient);
+# LAMB's sits inside the trust ratio.
+Method = tuple[str, str, tuple[float, ...], dict[str, float], str]
+METHODS: dict[str, Method] = {
+    "adam": ("adam", "b2", (0.9, 0.99, 0.999), {}, "log1m"),
+    "adamw": ("adam", "wd", (0.01, 0.1, 1.0), {}, "log"),
+    "lawn-adam": ("adam", "free_frac", (0.25, 0.5, 0.75), {"lawn": 1.0},
+                  "logit"),
+    "lawn-adamw": ("adam", "wd", (0.01, 0.1, 1.0),
+                   {"lawn": 1.0, "free_frac": 0.5, "decay_constrained": 0.0},
+                   "log"),
+    # free_steps="auto": the rule's threshold is its second axis; its
+    # default (0.1) in the middle, so "auto at its default" is a subset.
+    "lawn-adam-auto": ("adam", "auto_threshold", (0.03, 0.1, 0.3),
+                       {"lawn": 1.0, "auto": 1.0}, "logit"),
+    "sgdm": ("sgdm", "momentum", (0.8, 0.9, 0.95), {}, "log1m"),
+    "sgdm-wd": ("sgdm", "wd", (1e-4, 1e-3, 1e-2), {}, "log"),
+    "lawn-sgdm": ("sgdm", "free_frac", (0.25, 0.5, 0.75), {"lawn": 1.0},
+                  "logit"),
+    "lamb": ("lamb", "b2", (0.9, 0.99, 0.999), {}, "log1m"),
+    "lamb-wd": ("lamb", "wd", (0.01, 0.1, 1.0), {}, "log"),
+    "lawn-lamb": ("lamb", "free_frac", (0.25, 0.5, 0.75), {"lawn": 1.0},
+                  "logit"),
 }
-LR_GRIDS = {"adam": protocol.log_grid(3e-4, 3e-2, 6),
-            "sgdm": protocol.log_grid(3e-3, 3e-1, 6),
-            "lamb": protocol.log_grid(3e-4, 3e-2, 6)}
+# Centred on the previous protocol runs' choices (Adam family 0.012-0.075,
+# SGD-m 0.12-0.75, LAMB 0.005-0.075 across batch sizes), two decades each.
+LR_GRIDS = {"adam": protocol.log_grid(1e-3, 1e-1, 6),
+            "sgdm": protocol.log_grid(1e-2, 1.0, 6),
+            "lamb": protocol.log_grid(1e-3, 1e-1, 6)}
 # LAWN against its base and against the decay baseline a user would pick.
 PAIRS = [("lawn-adam", "adam"), ("lawn-adam", "adamw"),
-         ("lawn-adamw", "adamw"), ("lawn-sgdm", "sgdm"),
+         ("lawn-adamw", "adamw"), ("lawn-adam-auto", "lawn-adam"),
+         ("lawn-adam-auto", "adam"), ("lawn-adam-auto", "adamw"),
+         ("lawn-sgdm", "sgdm"),
          ("lawn-sgdm", "sgdm-wd"), ("lawn-lamb", "lamb"),
          ("lawn-lamb", "lamb-wd")]
 
@@ -265,9 +286,9 @@ def method_grids(names, lr_grids=None) -> dict[str, dict[str, MethodGrid]]:
                      f"{sorted(METHODS)}")
   out: dict[str, dict[str, MethodGrid]] = {}
   for n in names:
-    family, knob, values, fixed = METHODS[n]
+    family, knob, values, fixed, scale = METHODS[n]
     out.setdefault(family, {})[n] = MethodGrid(
-        tuple((lr_grids or LR_GRIDS)[family]), knob, values, fixed)
+        tuple((lr_grids or LR_GRIDS)[family]), knob, values, fixed, scale)
   return out
 
 
@@ -307,22 +328,26 @@ def train_program(task: Task, family: str, batch: int, epochs: int,
       return carry, {**task.diagnostics(*carry[:2]),
                      "val_metric": task.validate(*carry[:2])}
 
-    (params, model_state, _), logs = jax.lax.scan(
+    (params, model_state, state), logs = jax.lax.scan(
         epoch, (params, model_state, state), jax.random.split(k_data, epochs))
-    return task.evaluate(params, model_state), logs
+    return {**task.evaluate(params, model_state),
+            "frozen_at": lo.frozen_at(state)}, logs
 
   return jax.jit(jax.vmap(one)), total
 
 
 class Runner:
-  """``run_many`` for :func:`protocol.tune_and_report`: trains a list of runs
-  of one family in one program (compiled once per number of runs)."""
+  """``run_many`` for :func:`protocol.tune`: trains a list of runs of one
+  family in one program, ``max_runs`` at a time (compiled once per chunk
+  size)."""
 
   def __init__(self, task: Task, family: str, batch: int, epochs: int,
-               schedule: str = "cosine", **lawn_kwargs):
+               schedule: str = "cosine", max_runs: int | None = None,
+               progress=None, **lawn_kwargs):
     fn, self.total = train_program(task, family, batch, epochs, schedule,
                                    **lawn_kwargs)
-    self.program = protocol.PaddedProgram(fn)
+    self.program = protocol.PaddedProgram(
+        fn, max_runs, f"B={batch} {family} program", progress)
 
   @property
   def seconds(self) -> list[float]:
@@ -341,29 +366,20 @@ class Runner:
     return out
 
 
-def _cell_record(cell: dict[str, Any], metric: str, batch: int, epochs: int,
-                 steps: int) -> dict[str, Any]:
-  runs = cell.pop("report_runs")
-  test = cell[f"test_{metric}"]
-  mean, std = protocol.summarize(test)
-  return {"batch_size": batch, "epochs": epochs, "steps": steps, **cell,
-          "test": test, "test_mean": mean, "test_std": std,
-          "final_train_loss": [r["final_train_loss"] for r in runs],
-          "final_logit_norm": [r["final_logit_norm"] for r in runs],
-          "epochs_to_best_val": [r["epochs_to_best_val"] for r in runs],
-          "curves_selected": {k: np.mean([r["curves"][k] for r in runs],
-                                         axis=0).tolist()
-                              for k in runs[0]["curves"]}}
+REGIME = ("final_train_loss", "final_logit_norm", "epochs_to_best_val")
 
 
 def protocol_cells(task: Task, names: list[str], batch: int, epochs: int,
-                   selection_seeds, report_seeds, schedule: str = "cosine",
-                   max_extensions: int = 4, lr_grids=None, log=print
-                   ) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+                   seeds, studies, schedule: str = "cosine",
+                   max_extensions: int = 4, lr_grids=None, log=print,
+                   max_runs: int | None = None, progress=None):
   """Every method named, tuned and reported under :mod:`benchmarks.protocol`
-  at one batch size; returns (cells, paired comparisons, seconds)."""
+  at one batch size (every configuration on every seed, repeated studies);
+  returns (cells, paired comparisons, seconds, reduced-budget cells: the
+  free_steps="auto" default, when lawn-adam-auto is among the methods)."""
   by_family = method_grids(names, lr_grids)
-  runners = {f: Runner(task, f, batch, epochs, schedule) for f in by_family}
+  runners = {f: Runner(task, f, batch, epochs, schedule, max_runs, progress)
+             for f in by_family}
 
   def run_many(runs: list[protocol.Run]) -> list[dict[str, Any]]:
     # One program per family; the tuning rounds are joint, so that every
@@ -377,23 +393,39 @@ def protocol_cells(task: Task, names: list[str], batch: int, epochs: int,
     return out
 
   grids = {n: g for fam in by_family.values() for n, g in fam.items()}
-  tuned = protocol.tune_and_report(
-      grids, run_many, f"val_{task.metric}",
-      [f"test_{task.metric}", f"val_{task.metric}"], selection_seeds,
-      report_seeds, higher_is_better=True, max_extensions=max_extensions,
-      log=log)
+  tuning = protocol.tune(grids, run_many, f"val_{task.metric}", seeds, studies,
+                         higher_is_better=True, max_extensions=max_extensions,
+                         log=log)
+  records = protocol.method_records(tuning, f"test_{task.metric}", REGIME)
   cells = {}
-  for n, c in tuned.items():
+  for n, rec in records.items():
     runner = runners[METHODS[n][0]]
-    cells[n] = {**_cell_record(c, task.metric, min(batch, task.num_train),
-                               epochs, runner.total),
+    cells[n] = {"batch_size": min(batch, task.num_train), "epochs": epochs,
+                "steps": runner.total, **rec,
                 "program_seconds": runner.seconds}
   seconds = sum(sum(r.seconds) for r in runners.values())
-  comparisons = [{"a": a, "b": b, "batch_size": cells[a]["batch_size"],
-                  **protocol.paired_interval(cells[a]["test"],
-                                             cells[b]["test"])}
-                 for a, b in PAIRS if a in cells and b in cells]
-  return cells, comparisons, seconds
+  comparisons = [{**c, "batch_size": cells[c["a"]]["batch_size"]}
+                 for c in protocol.report(tuning, f"test_{task.metric}",
+                                          PAIRS)["comparisons"]]
+  reduced: dict[str, Any] = {}
+  if "lawn-adam-auto" in cells:
+    record, comps = protocol.subset_report(
+        tuning, "lawn-adam-auto", HP_AUTO_DEFAULT, AUTO_DEFAULT,
+        f"test_{task.metric}", REGIME, AUTO_AGAINST)
+    keep = {k: cells["lawn-adam"]["batch_size"] if k == "batch_size" else
+            cells["lawn-adam-auto"][k] for k in ("batch_size", "epochs",
+                                                 "steps")}
+    reduced[AUTO_DEFAULT] = {**keep, **record, "reduced_budget": True}
+    comparisons += [{**c, "batch_size": keep["batch_size"]} for c in comps]
+  return cells, comparisons, seconds, reduced
+
+
+# free_steps="auto" at its default threshold: the lr-only subset of the
+# lawn-adam-auto grid (a third of everyone's budget). Reported apart from
+# the equal-budget table (results["reduced_budget_cells"]).
+AUTO_DEFAULT = "lawn-adam-auto (default, lr only)"
+HP_AUTO_DEFAULT = float(lo.AutoFreeze().threshold)
+AUTO_AGAINST = ("lawn-adam", "adam", "adamw")
 
 
 # The ablations' interface: a fixed grid, every configuration on every seed.
@@ -439,146 +471,59 @@ def _grid_points(grid):
 # Reporting.
 
 
-def _cell_text(c: dict[str, Any]) -> str:
-  return (f"{100 * c['test_mean']:.1f} ± {100 * c['test_std']:.1f} "
-          f"(L {np.mean(c['final_train_loss']):.2g}, "
-          f"z {np.mean(c['final_logit_norm']):.3g})")
-
-
-def markdown_table(results: dict[str, Any], metric: str) -> str:
-  """Test metric per method and batch size (mean ± std over report seeds,
-  with the final train loss L and logit norm z: the regime), then LAWN's
-  paired differences with 95% intervals."""
-  names = list(results["cells"])
-  batches = sorted({c["batch_size"] for n in names
-                    for c in results["cells"][n]})
-  lines = ["| optimizer | " + " | ".join(f"B={b}" for b in batches) + " |",
-           "|" + "---|" * (len(batches) + 1)]
-  for n in names:
-    by_b = {c["batch_size"]: c for c in results["cells"][n]}
-    lines.append(f"| {n} | " + " | ".join(
-        _cell_text(by_b[b]) if b in by_b else "" for b in batches) + " |")
-  lines += ["", f"Test {metric} (%), mean ± std over report seeds "
-            f"{results['seeds']} (selection seeds "
-            f"{results.get('selection_seeds')}); L: final train loss, z: "
-            f"final mean logit norm. Schedule: {results.get('schedule')}, "
-            f"{results['epochs']} epochs at every batch size. "
-            f"{protocol.PROTOCOL_TEXT}"]
-  comps = results.get("comparisons", [])
-  if comps:
-    pairs = list(dict.fromkeys((c["a"], c["b"]) for c in comps))
-    lines += ["", "| paired difference (points) | " + " | ".join(
-        f"B={b}" for b in batches) + " |", "|" + "---|" * (len(batches) + 1)]
-    for a, b_ in pairs:
-      row = []
-      for b in batches:
-        c = next((x for x in comps if (x["a"], x["b"], x["batch_size"]) ==
-                  (a, b_, b)), None)
-        row.append("" if c is None else
-                   f"{100 * c['mean']:+.2f} [{100 * c['low']:+.2f}, "
-                   f"{100 * c['high']:+.2f}] {_reading(c['verdict'], a)}")
-      lines.append(f"| {a} − {b_} | " + " | ".join(row) + " |")
-  return "\n".join(lines)
-
-
-def _reading(verdict: str, a: str) -> str:
-  return {"higher": f"**{a} wins**", "lower": f"**{a} loses**"}.get(
-      verdict, "no difference")
-
-
-def plot(results: dict[str, Any], path_prefix: str) -> list[str]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  names = list(results["cells"])
-  # One colour per base optimizer, whether or not its plain run is present.
-  bases = list(dict.fromkeys(n.removeprefix("lawn-") for n in names))
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for i, n in enumerate(bases):
-    for variant, style in ((n, "--"), (f"lawn-{n}", "-")):
-      if variant not in results["cells"]:
-        continue
-      cells = sorted(results["cells"][variant], key=lambda c: c["batch_size"])
-      b = [c["batch_size"] for c in cells]
-      m = np.array([c["test_mean"] for c in cells])
-      s = np.array([c["test_std"] for c in cells])
-      ax.errorbar(b, 100 * m, 100 * s, ls=style, color=f"C{i}", marker="o",
-                  capsize=3, label=variant)
-  ax.set_xscale("log", base=2)
-  ax.set_xlabel("batch size")
-  ax.set_ylabel(f"test {results['metric']} (%)")
-  ax.set_title(f"{results['dataset']}: base (dashed) vs LAWN (solid)")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  out = [f"{path_prefix}_metric_vs_batch.png"]
-  fig.savefig(out[0], dpi=120)
-  plt.close(fig)
-
-  biggest = max(c["batch_size"] for n in names for c in results["cells"][n])
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-  for n in names:
-    cell = next((c for c in results["cells"][n] if c["batch_size"] == biggest),
-                None)
-    if cell is None:
-      continue
-    ep = np.arange(1, cell["epochs"] + 1)
-    base_i = bases.index(n.removeprefix("lawn-"))
-    style = "-" if n.startswith("lawn-") else "--"
-    for ax, key in zip(axes, ("train_loss", "logit_norm", "head_norm")):
-      ax.plot(ep, cell["curves_selected"][key], style, color=f"C{base_i}",
-              label=n)
-    if n.startswith("lawn-"):
-      freeze = cell["selected"]["free_frac"] * cell["epochs"]
-      for ax in axes:
-        ax.axvline(freeze, color=f"C{base_i}", ls=":", lw=1)
-  for ax, title in zip(axes, ("train loss", "mean logit norm",
-                              "final-layer kernel norm")):
-    ax.set_title(title)
-    ax.set_xlabel("epoch")
-  axes[0].set_yscale("log")
-  axes[0].legend(fontsize=7)
-  fig.suptitle(f"{results['dataset']}, batch {biggest}: freeze points dotted")
-  fig.tight_layout()
-  out.append(f"{path_prefix}_norms.png")
-  fig.savefig(out[1], dpi=120)
-  plt.close(fig)
-  return out
-
-
 # ----------------------------------------------------------------------------
 
 ADAM_FAMILY = ["adam", "adamw", "lawn-adam", "lawn-adamw"]
+SGD_LAMB = ["sgdm", "sgdm-wd", "lawn-sgdm", "lamb", "lamb-wd", "lawn-lamb"]
 PRESETS: dict[str, dict[str, Any]] = {
-    # The main job: CPU-sized (see README for its measured time).
-    "quick": dict(dataset="mnist1d", optimizers=ADAM_FAMILY,
-                  batch_sizes=[64, 2048], epochs=60, hidden=(128, 128)),
-    # The committed tables (sized for one GPU; slow on a CPU).
+    # The main job, a newcomer's first command (<= 10 min on 2 CPU cores):
+    # the large-batch column of the main table's question, three methods.
+    # Committed as results/generalization_mnist1d_quick.json.
+    "quick": dict(dataset="mnist1d", optimizers=["adam", "adamw", "lawn-adam"],
+                  batch_sizes=[2048], epochs=40, hidden=(128, 128),
+                  tag="_quick"),
+    # The committed MNIST-1D tables, sized for this project's 2-core CPU
+    # (~40 min each): the Adam family with free_steps="auto", and the SGD-m
+    # and LAMB families (30 epochs).
+    "mnist1d": dict(dataset="mnist1d",
+                    optimizers=ADAM_FAMILY + ["lawn-adam-auto"],
+                    batch_sizes=[64, 2048], epochs=40, hidden=(128, 128),
+                    max_runs=400),
+    "mnist1d-sgd-lamb": dict(dataset="mnist1d", optimizers=SGD_LAMB,
+                             batch_sizes=[64, 2048], epochs=30,
+                             hidden=(128, 128), max_runs=300,
+                             tag="_sgd_lamb"),
+    # Every optimizer, a wide batch sweep (sized for one GPU).
     "full": dict(dataset="mnist1d", optimizers=list(METHODS),
                  batch_sizes=[128, 512, 2048, 8192], epochs=200,
                  hidden=(256, 256)),
     "fashion": dict(dataset="fashion_mnist", optimizers=ADAM_FAMILY,
                     batch_sizes=[256, 8192], epochs=100, hidden=(256, 256)),
-    # What this project's 2-core CPU affords on all 60k images (~25 min):
-    # one hidden layer, 15 epochs, one selection seed, three methods.
+    # What this project's 2-core CPU affords under the protocol (~40 min):
+    # 15,000 of the 50,000 training images (validation and test in full),
+    # one hidden layer, 15 epochs, three methods, batches 256 and 4096.
     "fashion-cpu": dict(dataset="fashion_mnist",
                         optimizers=["adam", "adamw", "lawn-adam"],
-                        batch_sizes=[256, 8192], epochs=15, hidden=(128,),
-                        selection_seeds=[100]),
+                        batch_sizes=[256, 4096], epochs=15, hidden=(128,),
+                        max_train=15_000, max_runs=144),
     # The BatchNorm ResNet on all 60k images: for one GPU (not run yet).
     "fashion-cnn": dict(dataset="fashion_mnist", model="cnn",
                         optimizers=ADAM_FAMILY, batch_sizes=[256, 4096],
-                        epochs=30, hidden=()),
-    # MovieLens on this project's 2-core CPU (~15 min).
+                        epochs=30, hidden=(), tag="_cnn"),
+    # MovieLens on this project's 2-core CPU under the protocol (~40 min):
+    # 7 epochs.
     "movielens-cpu": dict(dataset="movielens",
                           optimizers=["adam", "adamw", "lawn-adam"],
-                          batch_sizes=[256, 4096], epochs=20, hidden=(),
-                          selection_seeds=[100]),
+                          batch_sizes=[256, 4096], epochs=7, hidden=(),
+                          max_runs=216),
     "movielens": dict(dataset="movielens", optimizers=ADAM_FAMILY + [
         "sgdm", "sgdm-wd", "lawn-sgdm"], batch_sizes=[256, 4096], epochs=40,
                       hidden=()),
 }
-SELECTION_SEEDS = [100, 101]
-REPORT_SEEDS = [0, 1, 2, 3, 4]
+# Every configuration runs on every seed; study k selects on seeds
+# SEEDS[2k:2k+2] and reports on the other six.
+SEEDS = list(range(8))
+NUM_STUDIES, SEEDS_PER_STUDY = 4, 2
 
 
 def make_task(dataset: str, hidden, max_train=None, path=None,
@@ -619,34 +564,41 @@ def main(argv=None):
   p.add_argument("--optimizers", nargs="+", help=f"from {list(METHODS)}")
   p.add_argument("--batch-sizes", nargs="+", type=int)
   p.add_argument("--epochs", type=int)
-  p.add_argument("--selection-seeds", nargs="+", type=int,
-                 help=f"default {SELECTION_SEEDS} (or the preset's)")
-  p.add_argument("--report-seeds", nargs="+", type=int, default=REPORT_SEEDS)
+  p.add_argument("--seeds", nargs="+", type=int,
+                 help=f"every configuration runs on each (default {SEEDS})")
+  p.add_argument("--studies", type=int, default=NUM_STUDIES,
+                 help="repeated studies, each selecting on its own seeds")
+  p.add_argument("--seeds-per-study", type=int, default=SEEDS_PER_STUDY)
   p.add_argument("--schedule", choices=["cosine", "constant"],
                  default="cosine", help="constant: the recorded ablation")
-  p.add_argument("--max-extensions", type=int, default=4,
-                 help="rounds of learning-rate grid extension at most")
+  p.add_argument("--max-extensions", type=int, default=None,
+                 help="rounds of grid extension at most (default: the "
+                      "preset's, else 2)")
   p.add_argument("--max-train", type=int, help="subsample the training set")
   p.add_argument("--data", help="the dataset's files (Fashion-MNIST folder, "
                  "MovieLens ratings.csv or Rdata prefix)")
   p.add_argument("--out", default=str(common.DEFAULT_OUT),
                  help="output folder (default ~/lawn_optax_results; "
                       "benchmarks/results holds the committed runs)")
-  p.add_argument("--tag", default="", help="suffix for output file names")
+  p.add_argument("--tag", default=None, help="suffix for output file names "
+                 "(default: the preset's)")
   args = p.parse_args(argv)
   preset = args.preset or ("full" if args.full else "quick")
   cfg = dict(PRESETS[preset])
-  cfg.setdefault("selection_seeds", SELECTION_SEEDS)
-  for k in ("dataset", "optimizers", "batch_sizes", "epochs",
-            "selection_seeds"):
+  for k in ("dataset", "optimizers", "batch_sizes", "epochs", "seeds",
+            "max_train"):
     if getattr(args, k) is not None:
       cfg[k] = getattr(args, k)
-  args.selection_seeds = cfg["selection_seeds"]
+  seeds = cfg.get("seeds", SEEDS)
+  studies = protocol.make_studies(seeds, args.studies, args.seeds_per_study)
+  tag = cfg.get("tag", "") if args.tag is None else args.tag
+  if args.max_extensions is None:
+    args.max_extensions = cfg.get("max_extensions", 2)
   from pathlib import Path
   out_dir = Path(args.out)
-  print(f"writing to {out_dir} (pass --out to change)")
+  print(f"writing to {out_dir} (pass --out to change)", flush=True)
   t0 = time.perf_counter()
-  task = make_task(cfg["dataset"], tuple(cfg["hidden"]), args.max_train,
+  task = make_task(cfg["dataset"], tuple(cfg["hidden"]), cfg.get("max_train"),
                    args.data, cfg.get("model", "mlp"))
   params0 = task.init(jax.random.key(0))[0]
   results = {"dataset": task.name, "metric": task.metric, "mode": preset,
@@ -656,31 +608,43 @@ def main(argv=None):
                        "BatchNorm ResNet" if task.name.endswith("_cnn") else
                        f"MLP {list(cfg['hidden'])}"),
              "dataset_source": DATA_SOURCES.get(task.name, task.name),
-             "seeds": args.report_seeds,
-             "selection_seeds": args.selection_seeds,
+             "seeds": seeds, "studies": studies,
              "schedule": args.schedule, "warmup_fraction": 0.05,
              "max_extensions": args.max_extensions,
              "epochs": cfg["epochs"], "protocol": protocol.PROTOCOL_TEXT,
              "environment": common.environment(), "cells": {},
              "comparisons": []}
+  configs = len(protocol.log_grid(1e-3, 1e-2, 6)) * 3
+  progress = protocol.Progress(len(cfg["optimizers"]) * configs * len(seeds)
+                               * len(cfg["batch_sizes"]),
+                               lambda line: print(line, flush=True))
+  print(f"{len(cfg['optimizers'])} methods x {configs} configurations x "
+        f"{len(seeds)} seeds at each of batch sizes {cfg['batch_sizes']}; "
+        f"{len(studies)} studies", flush=True)
   seconds = 0.0
   for batch in cfg["batch_sizes"]:
-    print(f"batch {batch}:")
-    cells, comps, secs = protocol_cells(
-        task, cfg["optimizers"], batch, cfg["epochs"], args.selection_seeds,
-        args.report_seeds, args.schedule, args.max_extensions)
+    print(f"batch {batch}:", flush=True)
+    cells, comps, secs, reduced = protocol_cells(
+        task, cfg["optimizers"], batch, cfg["epochs"], seeds, studies,
+        args.schedule, args.max_extensions, max_runs=cfg.get("max_runs"),
+        progress=progress, log=lambda line: print(line, flush=True))
     for n, c in cells.items():
       results["cells"].setdefault(n, []).append(c)
+    for n, c in reduced.items():
+      results.setdefault("reduced_budget_cells", {}).setdefault(
+          n, []).append(c)
     results["comparisons"] += comps
     seconds += secs
-    print(f"  {secs:.0f} s")
+    print(f"  {secs:.0f} s", flush=True)
   results["compute_seconds"] = seconds
   results["wall_seconds"] = time.perf_counter() - t0
-  name = f"generalization_{task.name}{args.tag}"
+  results.update(common.provenance_of_code())
+  name = f"generalization_{task.name}{tag}"
   path = common.write_json(name, results, out_dir)
-  table = markdown_table(results, task.metric)
+  from benchmarks import tables
+  table = tables.generalization_table(results, task.metric)
   (out_dir / f"{name}.md").write_text(table + "\n")
-  pngs = plot(results, str(out_dir / name))
+  pngs = tables.generalization_plots(results, str(out_dir / name))
   print(table)
   print(f"\nwrote {path}, {out_dir / (name + '.md')}, {', '.join(pngs)} "
         f"in {results['wall_seconds']:.0f} s")

@@ -1,7 +1,8 @@
 """LAWN for a character-level transformer LM, against today's logit fixes.
 
-    python -m benchmarks.language_model            # --quick: ~3 min on 2 CPU cores
-    python -m benchmarks.language_model --cpu      # the committed comparison, ~20 min
+    python -m benchmarks.language_model                  # --quick: Adam vs LAWN-Adam, small
+    python -m benchmarks.language_model --cpu            # the committed over-fitting comparison
+    python -m benchmarks.language_model --preset cpu-12k # the same on 3x the text
     python -m benchmarks.language_model --full     # sized for one GPU
 
 A small pre-LN GPT (``benchmarks.models.gpt``, flax.nnx, untied head) learns
@@ -43,42 +44,60 @@ LN2 = math.log(2.0)
 
 
 def method_grids(lrs: tuple[float, ...]) -> dict[str, MethodGrid]:
-  """Each method: the learning rates x its own second axis (equal budgets)."""
+  """Each method: the learning rates x its own second axis of 3 values
+  (equal budgets; each axis grows past an edge a study chose)."""
   lm = {"b2": 0.95}   # the LM convention; Adam alone tunes it
   return {
-      "adam": MethodGrid(lrs, "b2", (0.95, 0.99)),
-      "adamw": MethodGrid(lrs, "wd", (0.1, 1.0), lm),
-      "adam+zloss": MethodGrid(lrs, "zloss", (1e-4, 1e-3), lm),
-      "adam+softcap": MethodGrid(lrs, "softcap", (10.0, 30.0), lm),
-      "lawn-adam": MethodGrid(lrs, "free_frac", (0.25, 0.5),
-                              {**lm, "lawn": 1.0}),
-      "lawn-adamw": MethodGrid(lrs, "wd", (0.1, 1.0),
+      "adam": MethodGrid(lrs, "b2", (0.9, 0.95, 0.99), {}, "log1m"),
+      "adamw": MethodGrid(lrs, "wd", (0.3, 1.0, 3.0), lm),
+      "adam+zloss": MethodGrid(lrs, "zloss", (1e-4, 1e-3, 1e-2), lm),
+      "adam+softcap": MethodGrid(lrs, "softcap", (3.0, 10.0, 30.0), lm),
+      "lawn-adam": MethodGrid(lrs, "free_frac", (0.25, 0.5, 0.75),
+                              {**lm, "lawn": 1.0}, "logit"),
+      "lawn-adamw": MethodGrid(lrs, "wd", (0.3, 1.0, 3.0),
                                {**lm, "lawn": 1.0, "free_frac": 0.5,
                                 "decay_constrained": 0.0}),
+      # free_steps="auto", its threshold as the second axis (default 0.1
+      # in the middle: "auto at its default" is the lr-only subset).
+      "lawn-adam-auto": MethodGrid(lrs, "auto_threshold", (0.03, 0.1, 0.3),
+                                   {**lm, "lawn": 1.0, "auto": 1.0},
+                                   "logit"),
   }
 
 
+AUTO_DEFAULT = "lawn-adam-auto (default, lr only)"
+AUTO_AGAINST = ("lawn-adam", "adam", "adamw")
+
+
+SEEDS = list(range(8))
 PRESETS: dict[str, dict[str, Any]] = {
-    # One seed, Adam vs LAWN-Adam, a tiny model: the smoke test of the study.
+    # Adam vs LAWN-Adam, a tiny model: the smoke test of the study.
     "quick": dict(d=32, depth=1, heads=2, seq=32, train_chars=20_000,
                   epochs=12, batch_sizes=[8, 64], methods=["adam", "lawn-adam"],
-                  lrs=protocol.log_grid(3e-4, 3e-2, 6), selection_seeds=[100],
-                  report_seeds=[0], eval_chars=20_000, logs=12),
-    # The committed comparison, sized for this project's 2-core CPU
-    # (~20 min): every method, two batch sizes 8x apart, 3 report seeds; 45
-    # epochs over 10k characters, so that the small batch over-fits (with
-    # 30k characters and 15 epochs validation still fell at the end:
-    # results/language_model_cpu_30k.json).
-    "cpu": dict(d=48, depth=2, heads=4, seq=48, train_chars=10_000, epochs=45,
-                batch_sizes=[8, 64], methods=list(method_grids(())),
-                lrs=protocol.log_grid(3e-4, 3e-2, 6), selection_seeds=[100],
-                report_seeds=[0, 1, 2], eval_chars=30_000, logs=15),
-    # One GPU (~4 min on an H200): a wider, deeper model on 4x the text;
-    # one selection seed keeps the 72 vmapped runs of a batch size in memory.
+                  lrs=protocol.log_grid(3e-4, 3e-2, 6), seeds=SEEDS,
+                  studies=4, eval_chars=20_000, logs=12),
+    # The committed over-fitting comparison, sized for this project's 2-core
+    # CPU under the protocol (every configuration on 8 seeds: ~50 min): a
+    # one-layer d=32 GPT, 45 epochs over 4k characters, so that the small
+    # batch over-fits; every method but LAWN-AdamW, with free_steps="auto".
+    "cpu": dict(d=32, depth=1, heads=2, seq=32, train_chars=4_000, epochs=45,
+                batch_sizes=[8, 64],
+                methods=["adam", "adamw", "adam+zloss", "adam+softcap",
+                         "lawn-adam", "lawn-adam-auto"],
+                lrs=protocol.log_grid(5e-4, 5e-2, 6), seeds=SEEDS, studies=4,
+                eval_chars=30_000, logs=15, max_runs=432),
+    # The same model and token budget on 3x the text for a third of the
+    # epochs (less over-fitting), three methods (~25 min).
+    "cpu-12k": dict(d=32, depth=1, heads=2, seq=32, train_chars=12_000,
+                    epochs=15, batch_sizes=[8, 64],
+                    methods=["adam", "adamw", "lawn-adam"],
+                    lrs=protocol.log_grid(5e-4, 5e-2, 6), seeds=SEEDS,
+                    studies=4, eval_chars=30_000, logs=15, max_runs=432,
+                    tag="_12k"),
+    # One GPU: a wider, deeper model on 4x the text.
     "full": dict(d=128, depth=4, heads=4, seq=128, train_chars=400_000,
                  epochs=10, batch_sizes=[8, 64], methods=list(method_grids(())),
-                 lrs=protocol.log_grid(1e-4, 1e-2, 6),
-                 selection_seeds=[100], report_seeds=[0, 1, 2],
+                 lrs=protocol.log_grid(1e-4, 1e-2, 6), seeds=SEEDS, studies=4,
                  eval_chars=None, logs=25),
 }
 
@@ -126,7 +145,8 @@ class Study:
   """Everything one batch size's programs need: data on device, the model's
   graph, the LAWN mask, the step count."""
 
-  def __init__(self, corpus: data.Corpus, cfg: dict[str, Any], batch: int):
+  def __init__(self, corpus: data.Corpus, cfg: dict[str, Any], batch: int,
+               progress=None):
     from flax import nnx
     self.cfg, self.batch, self.seq = cfg, batch, cfg["seq"]
     self.train = jnp.asarray(corpus.train, jnp.int32)
@@ -152,7 +172,9 @@ class Study:
     self.schedule = protocol.warmup_cosine(self.steps,
                                            schedule=cfg.get("schedule",
                                                             "cosine"))
-    self.program = protocol.PaddedProgram(jax.jit(jax.vmap(self.train_one)))
+    self.program = protocol.PaddedProgram(
+        jax.jit(jax.vmap(self.train_one)), cfg.get("max_runs"),
+        f"B={batch} program", progress)
 
   def init(self, seed: int):
     from flax import nnx
@@ -216,10 +238,11 @@ class Study:
       return carry, {"train_bpc": ce.mean() / LN2,
                      **self.diagnostics(carry[0], hp)}
 
-    (params, _), logs = jax.lax.scan(chunk, (params, state),
-                                     jnp.arange(self.steps // self.log_every))
+    (params, state), logs = jax.lax.scan(
+        chunk, (params, state), jnp.arange(self.steps // self.log_every))
     final = {"val_bpc": self.bpc(params, self.val, hp),
-             "test_bpc": self.bpc(params, self.test, hp)}
+             "test_bpc": self.bpc(params, self.test, hp),
+             "frozen_at": lo.frozen_at(state)}
     return final, logs
 
   def run_many(self, runs: list[protocol.Run]) -> list[dict[str, Any]]:
@@ -237,117 +260,26 @@ class Study:
                   "final_train_bpc": curves["train_bpc"][-1],
                   "final_max_abs_logit": curves["max_abs_logit"][-1],
                   "min_val_probe_bpc": curves["val_probe_bpc"][best],
+                  "val_rise": (curves["val_probe_bpc"][-1]
+                               - curves["val_probe_bpc"][best]),
                   "step_of_min_val_probe": (best + 1) * self.log_every,
                   "curves": curves})
     return out
 
 
-def compare(cells: dict[str, Any], metric: str = "test_bpc"
-            ) -> list[dict[str, Any]]:
-  """Paired differences (over report seeds) of every method against Adam and
-  of LAWN-Adam against every other method. Lower bpc is better."""
-  rows = []
-  pairs = [(m, "adam") for m in cells if m != "adam"]
-  pairs += [("lawn-adam", m) for m in cells if m not in ("adam", "lawn-adam")]
-  pairs += [("lawn-adamw", "adamw")]
-  for a, b in pairs:
-    if a in cells and b in cells and len(cells[a][metric]) > 1:
-      rows.append({"a": a, "b": b,
-                   **protocol.paired_interval(cells[a][metric],
-                                              cells[b][metric])})
-  return rows
+REGIME = ("final_train_bpc", "final_max_abs_logit", "val_rise",
+          "step_of_min_val_probe")
 
 
-def markdown(results: dict[str, Any]) -> str:
-  lines = ["| method | " + " | ".join(
-      f"B={b['batch_size']}: test bpc | train bpc | max logit | val rise"
-      for b in results["batches"]) + " |",
-           "|---|" + "---|---|---|---|" * len(results["batches"])]
-  methods = list(results["batches"][0]["cells"])
-  for m in methods:
-    row = []
-    for b in results["batches"]:
-      c = b["cells"][m]
-      mean, std = protocol.summarize(c["test_bpc"])
-      train = np.mean([r["final_train_bpc"] for r in c["report_runs"]])
-      logit = np.mean([r["final_max_abs_logit"] for r in c["report_runs"]])
-      rise = np.mean([r["curves"]["val_probe_bpc"][-1] - r["min_val_probe_bpc"]
-                      for r in c["report_runs"]])
-      row += [f"{mean:.3f} ± {std:.3f}", f"{train:.3f}", f"{logit:.1f}",
-              f"{rise:.3f}"]
-    lines.append(f"| {m} | " + " | ".join(row) + " |")
-  lines += ["", "| comparison | " + " | ".join(
-      f"B={b['batch_size']}: Δ test bpc [95% CI] | reading"
-      for b in results["batches"]) + " |",
-            "|---|" + "---|---|" * len(results["batches"])]
-  # Recomputed from the per-seed results (the stored list may predate a pair).
-  comps = [compare(b["cells"]) for b in results["batches"]]
-  keys = [(r["a"], r["b"]) for r in comps[0]]
-  for a, bname in keys:
-    row = []
-    for cs in comps:
-      r = next(x for x in cs if (x["a"], x["b"]) == (a, bname))
-      reading = {"lower": f"{a} better", "higher": f"{a} worse"}.get(
-          r["verdict"], r["verdict"])
-      row += [f"{r['mean']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]",
-              reading]
-    lines.append(f"| {a} − {bname} | " + " | ".join(row) + " |")
-  seeds = results["batches"][0]["cells"][methods[0]]["report_seeds"]
-  lines += ["", f"Test bits per character (lower is better), mean ± std over "
-            f"report seeds {seeds}; train bpc, max |logit| and val rise (final "
-            f"minus lowest validation-probe bpc during training: > 0 when "
-            f"validation turned up) at the end of training, mean over those "
-            f"seeds. {protocol.PROTOCOL_TEXT}"]
-  return "\n".join(lines)
-
-
-def plot(results: dict[str, Any], prefix: str) -> list[str]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  keys = [("train_bpc", "train bpc"), ("val_probe_bpc", "validation bpc"),
-          ("max_abs_logit", "max |logit|"),
-          ("mean_logit_norm", "mean logit norm"),
-          ("head_norm", "head kernel norm"),
-          ("final_norm_scale_norm", "final norm scale norm")]
-  out = []
-  for b in results["batches"]:
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    for i, (m, c) in enumerate(b["cells"].items()):
-      curves = np.array([[r["curves"][k] for k, _ in keys]
-                         for r in c["report_runs"]]).mean(0)
-      x = b["log_every"] * np.arange(1, curves.shape[1] + 1)
-      for ax, y, (_, title) in zip(axes.flat, curves, keys):
-        ax.plot(x, y, color=f"C{i}", label=m,
-                ls="-" if m.startswith("lawn") else "--")
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"Austen char-LM, batch {b['batch_size']} x "
-                 f"{results['config']['seq']}: selected configurations, "
-                 "mean over report seeds")
-    fig.tight_layout()
-    out.append(f"{prefix}_B{b['batch_size']}_curves.png")
-    fig.savefig(out[-1], dpi=110)
-    plt.close(fig)
-  fig, ax = plt.subplots(figsize=(6, 4))
-  methods = list(results["batches"][0]["cells"])
-  for i, m in enumerate(methods):
-    bs = [b["batch_size"] for b in results["batches"]]
-    ms = [protocol.summarize(b["cells"][m]["test_bpc"]) for b in
-          results["batches"]]
-    ax.errorbar(bs, [v[0] for v in ms], [v[1] for v in ms], marker="o",
-                capsize=3, color=f"C{i}", label=m,
-                ls="-" if m.startswith("lawn") else "--")
-  ax.set_xscale("log", base=2)
-  ax.set_xlabel("batch size (sequences)")
-  ax.set_ylabel("test bpc")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  out.append(f"{prefix}_test_vs_batch.png")
-  fig.savefig(out[-1], dpi=110)
-  plt.close(fig)
-  return out
+def pairs(methods: list[str]) -> list[tuple[str, str]]:
+  """Every method against Adam, LAWN-Adam against every other method, and
+  LAWN-AdamW against AdamW."""
+  out = [(m, "adam") for m in methods if m != "adam"]
+  out += [("lawn-adam", m) for m in methods
+          if m not in ("adam", "lawn-adam", "lawn-adam-auto")]
+  out += [("lawn-adamw", "adamw"), ("lawn-adam-auto", "lawn-adam"),
+          ("lawn-adam-auto", "adamw")]
+  return [p for p in dict.fromkeys(out) if set(p) <= set(methods)]
 
 
 def run(cfg: dict[str, Any], corpus: data.Corpus, log=print) -> dict[str, Any]:
@@ -357,26 +289,42 @@ def run(cfg: dict[str, Any], corpus: data.Corpus, log=print) -> dict[str, Any]:
   if unknown:
     raise ValueError(f"unknown methods {sorted(unknown)}; choose from "
                      f"{sorted(method_grids(()))}")
+  seeds = list(cfg["seeds"])
+  studies = protocol.make_studies(seeds, cfg["studies"],
+                                  cfg.get("seeds_per_study", 2))
   batches = []
+  progress = protocol.Progress(len(grids) * len(cfg["lrs"]) * 3 * len(seeds)
+                               * len(cfg["batch_sizes"]), log)
   for batch in cfg["batch_sizes"]:
-    study = Study(corpus, cfg, batch)
+    study = Study(corpus, cfg, batch, progress)
     log(f"batch {batch}: {study.steps} steps, {study.num_params} params")
-    cells = protocol.tune_and_report(
-        grids, study.run_many, "val_bpc", ["val_bpc", "test_bpc"],
-        cfg["selection_seeds"], cfg["report_seeds"], higher_is_better=False,
-        max_extensions=cfg.get("max_extensions", 2), log=log)
+    tuning = protocol.tune(grids, study.run_many, "val_bpc", seeds, studies,
+                           higher_is_better=False,
+                           max_extensions=cfg.get("max_extensions", 2),
+                           log=log)
+    cells = protocol.method_records(tuning, "test_bpc", REGIME)
+    comparisons = protocol.report(tuning, "test_bpc",
+                                  pairs(list(grids)))["comparisons"]
+    reduced = {}
+    if "lawn-adam-auto" in cells:
+      record, comps = protocol.subset_report(
+          tuning, "lawn-adam-auto", float(lo.AutoFreeze().threshold),
+          AUTO_DEFAULT, "test_bpc", REGIME, AUTO_AGAINST)
+      reduced[AUTO_DEFAULT] = {**record, "reduced_budget": True}
+      comparisons += comps
     batches.append({"batch_size": batch, "steps": study.steps,
                     "log_every": study.log_every,
                     "tokens": study.steps * batch * study.seq,
-                    "cells": cells, "comparisons": compare(cells),
+                    "cells": cells, "comparisons": comparisons,
+                    "reduced_budget_cells": reduced,
                     "seconds": study.program.seconds,
-                    "runs": sum(len(c["report_runs"]) + c["num_configs"] *
-                                len(cfg["selection_seeds"])
+                    "runs": sum(c["num_configs"] * len(seeds)
                                 for c in cells.values())})
     log(f"  trained in {sum(study.program.seconds):.0f} s")
-  mask = lo.masks.explain(build_model(cfg), study.probe[:1, :-1])
+  mask = lo.masks.explain(build_model(cfg), study.probe[:1, :-1],
+                          print_fn=None)
   return {"benchmark": "language_model", "config": cfg,
-          "num_params": study.num_params,
+          "num_params": study.num_params, "seeds": seeds, "studies": studies,
           "corpus": {"source": corpus.source, "train_bytes": len(corpus.train),
                      "val_bytes": len(corpus.val),
                      "test_bytes": len(corpus.test),
@@ -395,24 +343,29 @@ def main(argv=None):
   mode.add_argument("--quick", action="store_true", help="default")
   mode.add_argument("--cpu", action="store_true")
   mode.add_argument("--full", action="store_true")
+  mode.add_argument("--preset", choices=list(PRESETS))
   p.add_argument("--data", help="folder of janeaustenr's Rdata.rdx/.rdb")
   p.add_argument("--schedule", choices=["cosine", "constant"],
                  default="cosine")
   p.add_argument("--out", default=str(common.DEFAULT_OUT))
   p.add_argument("--tag", default="")
   args = p.parse_args(argv)
-  mode = "full" if args.full else "cpu" if args.cpu else "quick"
+  mode = args.preset or ("full" if args.full else "cpu" if args.cpu else
+                         "quick")
   cfg = {**PRESETS[mode], "mode": mode, "schedule": args.schedule}
+  print(f"writing to {args.out} (pass --out to change)", flush=True)
   corpus = data.austen(args.data, max_train_chars=cfg["train_chars"])
   t0 = time.perf_counter()
-  results = run(cfg, corpus)
+  results = run(cfg, corpus, lambda line: print(line, flush=True))
   results["seconds_total"] = time.perf_counter() - t0
+  results.update(common.provenance_of_code())
   out_dir = Path(args.out)
-  name = f"language_model_{mode}{args.tag}"
+  name = f"language_model_{mode.split('-')[0]}{cfg.get('tag', '')}{args.tag}"
   path = common.write_json(name, results, out_dir)
-  table = markdown(results)
+  from benchmarks import tables
+  table = tables.language_model_table(results)
   (out_dir / f"{name}.md").write_text(table + "\n")
-  pngs = plot(results, str(out_dir / name))
+  pngs = tables.language_model_plots(results, str(out_dir / name))
   print(table)
   print(f"\nwrote {path}, {', '.join(pngs)} in {results['seconds_total']:.0f} s")
   return results

@@ -299,6 +299,7 @@ def main(argv=None):
                            inner))
     path = common.write_json(f"overhead{args.tag}", payload, out)
   payload["complete"] = True
+  payload.update(common.provenance_of_code())
   path = common.write_json(f"overhead{args.tag}", payload, out)
   text = table(cells)
   (out / f"overhead{args.tag}.md").write_text(text + "\n")

@@ -6,19 +6,24 @@ One *cell* is (dataset or corpus, batch size); inside it every method gets
   where the knob is the method's own second hyper-parameter (Adam's beta2,
   SGD's momentum, a weight-decay strength, LAWN's free fraction, the z-loss
   coefficient, ...): an equally sized second axis for everyone;
-* a learning-rate grid of >= 6 log-spaced values; while a method's chosen
-  learning rate sits at an edge of its grid, the grid grows by one value on
-  that side (up to ``max_extensions`` rounds). Every method gets the same
-  number of extra values: one not at an edge spends its extension on the side
-  nearer its choice. Extensions are recorded;
+* a learning-rate grid of >= 6 log-spaced values and a knob grid of >= 3;
 * warmup + cosine decay (:func:`warmup_cosine`), the same for everyone;
-* selection on validation over ``selection_seeds``, then the chosen
-  configuration is retrained on ``report_seeds`` (disjoint from the selection
-  seeds) and its test metric reported;
-* LAWN vs its base is reported as the paired difference over report seeds
-  (same seed = same initialisation and data order) with a 95% t-interval
-  (:func:`paired_interval`); a cell is a win or a loss only when the interval
-  excludes 0.
+* **every configuration on every seed** (>= 8): the whole matrix of
+  validation and test metrics is kept, so any selection can be recomputed;
+* **repeated studies** (AlgoPerf's remedy for a noisy tuning step): study
+  ``k`` selects each method's configuration on validation over its own
+  selection seeds (disjoint from every other study's) and reports test on the
+  seeds it did not select on, paired by seed (same seed = same
+  initialisation and data order for every method);
+* grids that contain the optimum: while the value of *either* axis chosen by
+  any study (or by the all-seed selection the figures use) sits at an edge of
+  its grid, that axis grows by one value for every method (a method not at
+  that edge spends the extension on the side nearer its choice), so budgets
+  stay equal. Extensions are recorded;
+* a verdict that survives the tuning step (:func:`verdict_of_studies`): a
+  *win* or a *loss* only when every study says so and the pooled interval
+  (per seed, the difference averaged over the studies that report that seed;
+  95% t-interval over seeds) excludes 0; *unstable* when studies disagree.
 
 Runs are described as ``Run(method, config, seed)``; a benchmark supplies
 ``run_many(runs) -> list[dict]`` that trains them (in one vmapped program
@@ -47,20 +52,29 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
 
 PROTOCOL_TEXT = (
     "Protocol: every method gets the same tuning budget (>= 6 log-spaced "
-    "learning rates x 2 values of its own second hyper-parameter); a grid is "
-    "extended while the chosen learning rate sits at its edge (every method "
-    "gets as many extra values); warmup + cosine decay for everyone; "
-    "selection on validation with seeds disjoint from the reported ones; "
-    "differences paired by seed with 95% t-intervals, called a win or a loss "
-    "only when the interval excludes 0.")
+    "learning rates x >= 3 values of its own second hyper-parameter) and "
+    "warmup + cosine decay; every configuration runs on every seed; each of "
+    "several studies selects on validation over its own seeds (disjoint "
+    "between studies) and reports test on the other seeds, paired by seed; "
+    "a grid is extended while any study's choice of either axis sits at its "
+    "edge (every method gets as many extra values); a difference is a win or "
+    "a loss only when every study agrees and the pooled 95% interval "
+    "excludes 0, and unstable when studies disagree.")
+
+KNOB_SCALES = ("log", "log1m", "logit")
 
 
 class MethodGrid(NamedTuple):
-  """A method's tuning grid: learning rates x one knob, plus fixed settings."""
+  """A method's tuning grid: learning rates x one knob, plus fixed settings.
+
+  ``knob_scale`` says how the knob's grid grows past an edge: ``"log"``
+  (decays, coefficients: geometric), ``"log1m"`` (``1 - x`` geometric:
+  Adam's beta2, momentum) or ``"logit"`` (fractions in (0, 1))."""
   lrs: tuple[float, ...]
   knob: str                      # the name of the second axis
   knob_values: tuple[float, ...]
   fixed: dict[str, float] = {}   # settings every configuration shares
+  knob_scale: str = "log"
 
 
 class Run(NamedTuple):
@@ -75,6 +89,44 @@ def log_grid(low: float, high: float, num: int) -> tuple[float, ...]:
     raise ValueError(f"log_grid needs 0 < low < high and num >= 2, got "
                      f"{low}, {high}, {num}")
   return tuple(float(f"{v:.3g}") for v in np.geomspace(low, high, num))
+
+
+def _to_line(x: float, scale: str) -> float:
+  if scale == "log":
+    return math.log(x)
+  if scale == "log1m":
+    return -math.log(1.0 - x)
+  return math.log(x / (1.0 - x))
+
+
+def _from_line(t: float, scale: str) -> float:
+  if scale == "log":
+    return math.exp(t)
+  if scale == "log1m":
+    return 1.0 - math.exp(-t)
+  return 1.0 / (1.0 + math.exp(-t))
+
+
+def extend_grid(values: Sequence[float], side: str, scale: str = "log"
+                ) -> float:
+  """The next value past the ``side`` (``"low"``/``"high"``) edge of a
+  sorted grid, one outermost step further on the knob's ``scale``; rounded
+  to 3 significant digits (of ``1 - x`` near 1)."""
+  if scale not in KNOB_SCALES:
+    raise ValueError(f"scale must be one of {KNOB_SCALES}, got {scale!r}")
+  v = sorted(values)
+  if len(v) < 2:
+    raise ValueError("a grid needs >= 2 values to be extended")
+  a, b = (v[0], v[1]) if side == "low" else (v[-1], v[-2])
+  ta, tb = _to_line(a, scale), _to_line(b, scale)
+  new = _from_line(ta + (ta - tb), scale)
+  # Round to 3 significant digits of the distance to the domain's end that
+  # matters (1 - x for betas: 0.9999 stays 0.9999, not 1.0).
+  if scale == "log1m":
+    return 1.0 - float(f"{1.0 - new:.3g}")
+  if scale == "logit" and new > 0.5:
+    return 1.0 - float(f"{1.0 - new:.3g}")
+  return float(f"{new:.3g}")
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float = 0.05,
@@ -98,13 +150,12 @@ def t_quantile_975(df: int) -> float:
   return _T975[df - 1] if df <= len(_T975) else 1.96
 
 
-def paired_interval(a: Sequence[float], b: Sequence[float]
-                    ) -> dict[str, Any]:
-  """Mean of ``a - b`` (paired by position) and its 95% t-interval."""
-  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+def mean_interval(d: Sequence[float]) -> dict[str, Any]:
+  """Mean of ``d`` and its 95% t-interval, with :func:`verdict`."""
+  d = np.asarray(d, np.float64)
   if d.ndim != 1 or d.size < 2:
-    raise ValueError(f"paired_interval needs two equal-length sequences of "
-                     f">= 2 values, got shapes {np.shape(a)}, {np.shape(b)}")
+    raise ValueError(f"an interval needs >= 2 values (2 seeds), got shape "
+                     f"{d.shape}")
   mean = float(d.mean())
   if not np.all(np.isfinite(d)):
     return {"mean": mean, "low": float("nan"), "high": float("nan"),
@@ -115,6 +166,15 @@ def paired_interval(a: Sequence[float], b: Sequence[float]
           "verdict": verdict(low, high)}
 
 
+def paired_interval(a: Sequence[float], b: Sequence[float]
+                    ) -> dict[str, Any]:
+  """Mean of ``a - b`` (paired by position) and its 95% t-interval."""
+  if np.shape(a) != np.shape(b):
+    raise ValueError(f"paired_interval needs two equal-length sequences of "
+                     f">= 2 values, got shapes {np.shape(a)}, {np.shape(b)}")
+  return mean_interval(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+
+
 def verdict(low: float, high: float) -> str:
   if low > 0:
     return "higher"
@@ -123,9 +183,44 @@ def verdict(low: float, high: float) -> str:
   return "no difference"
 
 
-def _configs(grid: MethodGrid, lrs: Sequence[float]) -> list[dict[str, float]]:
+def verdict_of_studies(studies: Sequence[str], pooled: str) -> str:
+  """The cell's reading: the studies' common verdict when they agree (a
+  difference only if the pooled interval agrees too), ``"unstable"`` when
+  they disagree (or when they agree on a difference the pooled interval
+  does not show)."""
+  kinds = set(studies)
+  if len(kinds) != 1:
+    return "unstable"
+  (common,) = kinds
+  if common in ("higher", "lower") and pooled != common:
+    return "unstable"
+  return common
+
+
+def make_studies(seeds: Sequence[int], num_studies: int,
+                 per_study: int) -> list[dict[str, list[int]]]:
+  """``num_studies`` studies with disjoint selection sets of ``per_study``
+  seeds (consecutive in ``seeds``); each reports on every other seed."""
+  seeds = list(seeds)
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds must be distinct, got {seeds}")
+  if num_studies < 1 or per_study < 1 or num_studies * per_study > len(seeds):
+    raise ValueError(f"{num_studies} studies x {per_study} selection seeds "
+                     f"need that many distinct seeds; got {len(seeds)}")
+  if len(seeds) - per_study < 2:
+    raise ValueError("each study needs >= 2 report seeds for an interval")
+  out = []
+  for k in range(num_studies):
+    sel = seeds[k * per_study:(k + 1) * per_study]
+    out.append({"selection_seeds": sel,
+                "report_seeds": [s for s in seeds if s not in sel]})
+  return out
+
+
+def _configs(grid: MethodGrid, lrs: Sequence[float],
+             knobs: Sequence[float]) -> list[dict[str, float]]:
   return [{"lr": float(lr), grid.knob: float(k), **grid.fixed}
-          for k in grid.knob_values for lr in lrs]
+          for k in knobs for lr in lrs]
 
 
 def _score(values: Sequence[float], higher_is_better: bool) -> float:
@@ -135,85 +230,312 @@ def _score(values: Sequence[float], higher_is_better: bool) -> float:
   return m if higher_is_better else -m
 
 
-def tune_and_report(grids: dict[str, MethodGrid],
-                    run_many: Callable[[list[Run]], list[dict[str, Any]]],
-                    selection_metric: str, report_metrics: Sequence[str],
-                    selection_seeds: Sequence[int],
-                    report_seeds: Sequence[int], *, higher_is_better: bool,
-                    max_extensions: int = 4,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Tune every method of one cell on the selection seeds, then retrain each
-  chosen configuration on the report seeds.
+class Tuning(NamedTuple):
+  """Every configuration of every method on every seed (see :func:`tune`).
 
-  Returns ``{method: cell}`` where a cell holds the whole grid with every
-  configuration's selection score, the extensions made, the chosen
-  configuration, and the report runs' metrics (lists over report seeds).
-  """
-  if set(selection_seeds) & set(report_seeds):
-    raise ValueError(f"selection seeds {list(selection_seeds)} and report "
-                     f"seeds {list(report_seeds)} must be disjoint")
+  ``metrics[method][key]`` is a ``[config][seed]`` list of lists for every
+  scalar metric ``run_many`` returned; ``outputs[method][config][seed]`` the
+  whole output dicts (curves included) while in memory."""
+  grids: dict[str, MethodGrid]
+  configs: dict[str, list[dict[str, float]]]
+  metrics: dict[str, dict[str, list[list[float]]]]
+  outputs: dict[str, list[list[dict[str, Any]]]]
+  extensions: dict[str, list[dict[str, Any]]]
+  seeds: list[int]
+  studies: list[dict[str, list[int]]]
+  selection_metric: str
+  higher_is_better: bool
+
+
+def _select(configs: list[dict], vals: list[list[float]], seed_idx: list[int],
+            higher_is_better: bool) -> int:
+  """Index of the configuration with the best mean validation metric over
+  the seeds at ``seed_idx`` (the first such on ties; diverged ones lose)."""
+  scores = [_score([v[j] for j in seed_idx], higher_is_better) for v in vals]
+  return int(np.argmax(scores))
+
+
+def selections(t: Tuning) -> dict[str, dict[str, int]]:
+  """Per method, the configuration each study chooses (``"study k"``) and
+  the one chosen on every seed (``"all"``, for figures and curves)."""
+  pos = {s: j for j, s in enumerate(t.seeds)}
+  out = {}
+  for m, cfgs in t.configs.items():
+    vals = t.metrics[m][t.selection_metric]
+    choice = {f"study {k}": _select(cfgs, vals, [pos[s] for s in
+                                                 st["selection_seeds"]],
+                                    t.higher_is_better)
+              for k, st in enumerate(t.studies)}
+    choice["all"] = _select(cfgs, vals, list(range(len(t.seeds))),
+                            t.higher_is_better)
+    out[m] = choice
+  return out
+
+
+def _edges(values: list[float], chosen: list[float]) -> set[str]:
+  lo_, hi_ = min(values), max(values)
+  return {("low" if c == lo_ else "high") for c in chosen if c in (lo_, hi_)}
+
+
+def _extension_side(values: list[float], chosen: list[float],
+                    edges: set[str]) -> str:
+  """The side a method extends: the edge its choices sit at (the higher one
+  if both, the other following next round); else the side nearer the median
+  choice."""
+  if edges:
+    return "high" if "high" in edges else "low"
+  v = sorted(set(values))
+  i = v.index(sorted(chosen)[len(chosen) // 2])
+  return "low" if i < len(v) - 1 - i else "high"
+
+
+def _edge_text(at: dict[str, Any], knob: str) -> str:
+  """Whose choice caused an extension, for the log."""
+  edges = [f"{axis} at its {'/'.join(sorted(at[axis]))} edge"
+           for axis in ("lr", knob) if at[axis]]
+  if edges:
+    return "a study chose " + " and ".join(edges)
+  return ("every choice inside (extended for an equal budget: another "
+          "method's choice sat at an edge)")
+
+
+def tune(grids: dict[str, MethodGrid],
+         run_many: Callable[[list[Run]], list[dict[str, Any]]],
+         selection_metric: str, seeds: Sequence[int],
+         studies: Sequence[dict[str, list[int]]], *, higher_is_better: bool,
+         max_extensions: int = 4,
+         log: Callable[[str], None] = print) -> Tuning:
+  """Runs every configuration of every method on every seed, growing the
+  grids (equally for every method) while a study's choice of the learning
+  rate or of the knob sits at an edge, for at most ``max_extensions``
+  rounds."""
   sizes = {m: (len(g.lrs), len(g.knob_values)) for m, g in grids.items()}
   if len(set(sizes.values())) > 1:
     raise ValueError(f"unequal tuning budgets: {sizes}")
+  for m, g in grids.items():
+    if g.knob_scale not in KNOB_SCALES:
+      raise ValueError(f"{m}: knob_scale must be one of {KNOB_SCALES}")
+  seeds = list(seeds)
+  for st in studies:
+    if set(st["selection_seeds"]) & set(st["report_seeds"]) or not set(
+        st["selection_seeds"]) | set(st["report_seeds"]) <= set(seeds):
+      raise ValueError(f"a study's selection seeds {st['selection_seeds']} "
+                       f"and report seeds {st['report_seeds']} must be "
+                       f"disjoint and among the seeds {seeds}")
+  sel_sets = [set(st["selection_seeds"]) for st in studies]
+  if any(a & b for i, a in enumerate(sel_sets) for b in sel_sets[i + 1:]):
+    raise ValueError("the studies' selection seeds must be disjoint")
   lrs = {m: sorted(g.lrs) for m, g in grids.items()}
-  scores: dict[str, dict[tuple, float]] = {m: {} for m in grids}
-  extensions: dict[str, list[dict[str, Any]]] = {m: [] for m in grids}
-  pending = {m: _configs(g, lrs[m]) for m, g in grids.items()}
+  knobs = {m: sorted(g.knob_values) for m, g in grids.items()}
+  t = Tuning(dict(grids), {m: [] for m in grids}, {m: {} for m in grids},
+             {m: [] for m in grids}, {m: [] for m in grids}, seeds,
+             list(studies), selection_metric, higher_is_better)
+  pending = {m: _configs(g, lrs[m], knobs[m]) for m, g in grids.items()}
   for round_ in range(max_extensions + 1):
     runs = [Run(m, c, s) for m, cs in pending.items() for c in cs
-            for s in selection_seeds]
-    out = run_many(runs)
-    per: dict[tuple, list[float]] = {}
-    for r, o in zip(runs, out):
-      per.setdefault((r.method, tuple(sorted(r.config.items()))), []).append(
-          float(o[selection_metric]))
-    for (m, key), vals in per.items():
-      scores[m][key] = _score(vals, higher_is_better)
-    best = {m: dict(max(scores[m], key=scores[m].get)) for m in grids}
-    at_edge = {m: ("low" if best[m]["lr"] == lrs[m][0] else
-                   "high" if best[m]["lr"] == lrs[m][-1] else None)
-               for m in grids}
-    if round_ == max_extensions or not any(at_edge.values()):
+            for s in seeds]
+    log(f"  round {round_}: {len(runs)} runs ({sum(map(len, pending.values()))}"
+        f" configurations x {len(seeds)} seeds)")
+    out = iter(run_many(runs))
+    for m, cs in pending.items():
+      for c in cs:
+        outs = [next(out) for _ in seeds]
+        t.configs[m].append(c)
+        t.outputs[m].append(outs)
+        for key, v in outs[0].items():
+          if isinstance(v, (int, float)):
+            t.metrics[m].setdefault(key, []).append([float(o[key])
+                                                     for o in outs])
+    chosen = selections(t)
+    at = {}
+    for m, g in grids.items():
+      picks = [t.configs[m][i] for i in chosen[m].values()]
+      at[m] = {"lr": _edges(lrs[m], [p["lr"] for p in picks]),
+               g.knob: _edges(knobs[m], [p[g.knob] for p in picks]),
+               "picks": picks}
+    grow_lr = any(a["lr"] for a in at.values())
+    grow_knob = any(at[m][g.knob] for m, g in grids.items())
+    if round_ == max_extensions or not (grow_lr or grow_knob):
       break
     pending = {}
     for m, g in grids.items():
-      side = at_edge[m]
-      if side is None:   # spend the equal extension on the nearer side
-        i = lrs[m].index(best[m]["lr"])
-        side = "low" if i < len(lrs[m]) - 1 - i else "high"
-      ratio = lrs[m][1] / lrs[m][0]
-      new = float(f"{(lrs[m][0] / ratio if side == 'low' else lrs[m][-1] * ratio):.3g}")
-      extensions[m].append({"round": round_ + 1, "side": side, "lr": new,
-                            "chosen_at_edge": at_edge[m] is not None})
-      lrs[m] = sorted([*lrs[m], new])
-      pending[m] = _configs(g, [new])
-      log(f"  {m}: chosen lr {best[m]['lr']:.3g} "
-          f"{'at the ' + at_edge[m] + ' edge' if at_edge[m] else 'inside'}; "
-          f"grid extended ({side}) with {new:.3g}")
-  runs = [Run(m, best[m], s) for m in grids for s in report_seeds]
-  out = run_many(runs)
-  cells: dict[str, Any] = {}
-  for m, g in grids.items():
-    mine = [o for r, o in zip(runs, out) if r.method == m]
-    configs = list(scores[m])
-    edge = ("low" if best[m]["lr"] == lrs[m][0] else
-            "high" if best[m]["lr"] == lrs[m][-1] else None)
-    cells[m] = {
-        "grid": {k: [float(dict(c)[k]) for c in configs]
-                 for k in ("lr", g.knob)},
-        "fixed": dict(g.fixed),
-        "val_mean_per_config": [scores[m][c] if higher_is_better
-                                else -scores[m][c] for c in configs],
-        "num_configs": len(configs),
-        "extensions": extensions[m],
-        "selected": best[m],
-        "selected_at_edge": edge,
-        "selection_seeds": list(selection_seeds),
-        "report_seeds": list(report_seeds),
-        **{k: [float(o[k]) for o in mine] for k in report_metrics},
-        "report_runs": mine,
+      new_lrs, new_knobs = [], []
+      if grow_lr:
+        side = _extension_side(lrs[m], [p["lr"] for p in at[m]["picks"]],
+                               at[m]["lr"])
+        new_lrs = [extend_grid(lrs[m], side, "log")]
+        t.extensions[m].append({"round": round_ + 1, "axis": "lr",
+                                "side": side, "value": new_lrs[0],
+                                "chosen_at_edge": bool(at[m]["lr"])})
+      if grow_knob:
+        side = _extension_side(knobs[m], [p[g.knob] for p in at[m]["picks"]],
+                               at[m][g.knob])
+        new_knobs = [extend_grid(knobs[m], side, g.knob_scale)]
+        t.extensions[m].append({"round": round_ + 1, "axis": g.knob,
+                                "side": side, "value": new_knobs[0],
+                                "chosen_at_edge": bool(at[m][g.knob])})
+      # New lrs with every knob value (old and new), and the new knob value
+      # with the old lrs: the grid stays a full product.
+      pending[m] = (_configs(g, new_lrs, knobs[m] + new_knobs)
+                    + _configs(g, lrs[m], new_knobs))
+      lrs[m] = sorted(lrs[m] + new_lrs)
+      knobs[m] = sorted(knobs[m] + new_knobs)
+      log(f"  {m}: {_edge_text(at[m], g.knob)}; adds lr {new_lrs or '-'}, "
+          f"{g.knob} {new_knobs or '-'}")
+  return t
+
+
+def report(t: Tuning, metric: str,
+           pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+  """Each study's choices and test results, and every pair's differences:
+  per study (paired over its report seeds) and pooled (per seed, the
+  difference averaged over the studies that report that seed), with the
+  cell's reading (:func:`verdict_of_studies`). Lower-is-better metrics read
+  the same way: ``"higher"`` means ``a``'s metric is higher."""
+  chosen = selections(t)
+  pos = {s: j for j, s in enumerate(t.seeds)}
+  values = t.metrics
+  per_method = {}
+  for m in t.configs:
+    studies = []
+    for k, st in enumerate(t.studies):
+      i = chosen[m][f"study {k}"]
+      studies.append({**st, "selected": t.configs[m][i], "selected_index": i,
+                      "test": [values[m][metric][i][pos[s]]
+                               for s in st["report_seeds"]]})
+    per_method[m] = studies
+  comparisons = []
+  for a, b in pairs:
+    if a not in per_method or b not in per_method:
+      continue
+    by_study, per_seed = [], {s: [] for s in t.seeds}
+    for sa, sb in zip(per_method[a], per_method[b]):
+      d = np.subtract(sa["test"], sb["test"])
+      by_study.append(paired_interval(sa["test"], sb["test"]))
+      for s, x in zip(sa["report_seeds"], d):
+        per_seed[s].append(float(x))
+    pooled = mean_interval([np.mean(v) for v in per_seed.values() if v])
+    comparisons.append({
+        "a": a, "b": b, **pooled, "pooled_verdict": pooled["verdict"],
+        "verdict": verdict_of_studies([s["verdict"] for s in by_study],
+                                      pooled["verdict"]),
+        "studies": by_study})
+  return {"studies": per_method, "comparisons": comparisons,
+          "selections": chosen}
+
+
+def with_subset(t: Tuning, method: str, knob_value: float, name: str
+                ) -> Tuning:
+  """``t`` plus a method ``name``: ``method`` restricted to the
+  configurations whose knob is ``knob_value`` (its learning rates only: a
+  method used at a default of its second knob, tuned at a third of the
+  budget). Every selection then runs over that subset."""
+  grid = t.grids[method]
+  keep = [i for i, c in enumerate(t.configs[method])
+          if c[grid.knob] == knob_value]
+  if not keep:
+    raise ValueError(f"{method} has no configuration with {grid.knob}="
+                     f"{knob_value}")
+  pick = lambda rows: [rows[i] for i in keep]
+  return t._replace(
+      grids={**t.grids, name: grid._replace(knob_values=(knob_value,))},
+      configs={**t.configs, name: pick(t.configs[method])},
+      metrics={**t.metrics, name: {k: pick(v) for k, v in
+                                   t.metrics[method].items()}},
+      outputs={**t.outputs, name: pick(t.outputs[method])},
+      extensions={**t.extensions, name: [
+          e for e in t.extensions[method] if e["axis"] == "lr"]})
+
+
+def subset_report(t: Tuning, method: str, knob_value: float, name: str,
+                  metric: str, regime: Sequence[str],
+                  against: Sequence[str]) -> tuple[dict[str, Any], list]:
+  """The record of ``method`` restricted to one knob value
+  (:func:`with_subset`) and its paired comparisons with ``against``."""
+  sub = with_subset(t, method, knob_value, name)
+  record = method_records(sub, metric, regime)[name]
+  pairs = [(name, b) for b in against if b in t.configs]
+  return record, report(sub, metric, pairs)["comparisons"]
+
+
+def seed_averaged(t: Tuning, method: str, key: str) -> list[float]:
+  """Per seed, ``key`` of the configurations the studies reporting that seed
+  chose, averaged over those studies (what the tables show)."""
+  chosen = selections(t)[method]
+  pos = {s: j for j, s in enumerate(t.seeds)}
+  per_seed: dict[int, list[float]] = {s: [] for s in t.seeds}
+  for k, st in enumerate(t.studies):
+    i = chosen[f"study {k}"]
+    for s in st["report_seeds"]:
+      per_seed[s].append(t.metrics[method][key][i][pos[s]])
+  return [float(np.mean(v)) for v in per_seed.values() if v]
+
+
+def method_records(t: Tuning, test_metric: str,
+                   regime: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+  """Per method, what a results file keeps of a :class:`Tuning`: the grid,
+  every configuration's metrics on every seed, each study's choice and test
+  results, the seed-averaged test metric and regime figures (``regime``:
+  metric names, e.g. the final train loss), the configuration chosen on
+  every seed and its curves (mean over seeds), and the extensions."""
+  chosen = selections(t)
+  out = {}
+  for m, cfgs in t.configs.items():
+    knob, fixed = t.grids[m].knob, dict(t.grids[m].fixed)
+    metrics = t.metrics[m]
+    best = chosen[m]["all"]
+    curves = [o["curves"] for o in t.outputs[m][best] if "curves" in o]
+    test = seed_averaged(t, m, test_metric)
+    mean, std = summarize(test)
+    vals = np.asarray(metrics[t.selection_metric], np.float64)
+    lrs, ks = [c["lr"] for c in cfgs], [c[knob] for c in cfgs]
+    out[m] = {
+        "knob": knob, "fixed": fixed, "test_metric": test_metric,
+        "grid": {"lr": lrs, knob: ks},
+        "num_configs": len(cfgs),
+        "seeds": list(t.seeds),
+        "per_config": {k: v for k, v in metrics.items()},
+        "val_mean_per_config": np.nanmean(vals, axis=1).tolist()
+        if vals.size else [],
+        "test_mean_per_config": np.mean(metrics[test_metric], axis=1).tolist(),
+        "studies": [{**st, "selected": cfgs[chosen[m][f"study {k}"]],
+                     "selected_index": chosen[m][f"study {k}"]}
+                    for k, st in enumerate(t.studies)],
+        "selected": cfgs[best], "selected_index": best,
+        "selected_at_edge": sorted(
+            f"{axis} {side}" for axis, vs, v in (("lr", lrs, cfgs[best]["lr"]),
+                                                 (knob, ks, cfgs[best][knob]))
+            for side in _edges(vs, [v])),
+        "extensions": t.extensions[m],
+        "test": test, "test_mean": mean, "test_std": std,
+        **{k: seed_averaged(t, m, k) for k in regime},
+        "curves_selected": ({k: np.mean([c[k] for c in curves],
+                                        axis=0).tolist() for k in curves[0]}
+                            if curves else {}),
     }
-  return cells
+  return out
+
+
+def sensitivity(record: dict[str, Any], metric_key: str | None = None,
+                higher_is_better: bool = True) -> dict[str, Any]:
+  """Test metric vs learning rate at the method's best knob value (the one
+  whose best learning rate has the best validation mean over every seed):
+  learning rates, mean over seeds and the 95% t-band of that mean."""
+  knob, grid = record["knob"], record["grid"]
+  val = np.asarray(record["val_mean_per_config"])
+  score = val if higher_is_better else -val
+  score = np.where(np.isfinite(score), score, -np.inf)
+  best_knob = grid[knob][int(np.argmax(score))]
+  idx = sorted((i for i, k in enumerate(grid[knob]) if k == best_knob),
+               key=lambda i: grid["lr"][i])
+  metric_key = metric_key or record["test_metric"]
+  rows = np.asarray(record["per_config"][metric_key], np.float64)[idx]
+  n = rows.shape[1]
+  half = (t_quantile_975(n - 1) * rows.std(axis=1, ddof=1) / math.sqrt(n)
+          if n > 1 else np.zeros(len(idx)))
+  return {"knob": knob, "knob_value": best_knob,
+          "lr": [grid["lr"][i] for i in idx], "mean": rows.mean(1).tolist(),
+          "half_width": np.asarray(half).tolist()}
 
 
 def summarize(values: Sequence[float]) -> tuple[float, float]:
@@ -230,7 +552,8 @@ def summarize(values: Sequence[float]) -> tuple[float, float]:
 NEVER = 2**30
 HP_DEFAULTS = {"lr": 1e-3, "b2": 0.999, "momentum": 0.9, "wd": 0.0,
                "free_frac": 0.5, "lawn": 0.0, "decay_constrained": 1.0,
-               "zloss": 0.0, "softcap": 0.0}
+               "zloss": 0.0, "softcap": 0.0, "auto": 0.0,
+               "auto_threshold": lo.AutoFreeze().threshold}
 FAMILIES = ("adam", "sgdm", "lamb")
 
 
@@ -253,7 +576,9 @@ def build_optimizer(family: str, hp: dict[str, jax.Array], mask: Any,
   (SGD with momentum, L2 decay added to the gradient as in SGD practice) or
   ``lamb`` (LAMB, decay inside the trust ratio). LAWN is on when
   ``hp["lawn"] == 1``: it freezes the norms of ``mask``'s leaves after
-  ``round(free_frac * total_steps)`` steps; with ``decay_constrained == 0``
+  ``round(free_frac * total_steps)`` steps, or, with ``hp["auto"] == 1``,
+  when ``free_steps="auto"``'s rule decides (``lawn_optax.AutoFreeze`` with
+  ``auto_threshold``, its default ``every``); with ``decay_constrained == 0``
   the decay spares those leaves (LAWN-AdamW). ``decay_mask`` (bools) says
   which leaves any decay touches; ``lawn_kwargs`` go to :func:`lawn_optax.lawn`
   (``retraction``, ``granularity``, ``tangent_projection``).
@@ -272,10 +597,12 @@ def build_optimizer(family: str, hp: dict[str, jax.Array], mask: Any,
   else:
     base = optax.chain(optax.scale_by_adam(b2=hp["b2"], eps=1e-6), decay,
                        optax.scale_by_trust_ratio(), lr)
-  free = jnp.where(hp["lawn"] > 0,
+  auto = (hp["lawn"] > 0) & (hp["auto"] > 0)
+  free = jnp.where((hp["lawn"] > 0) & ~auto,
                    jnp.round(hp["free_frac"] * total_steps), NEVER)
-  return lo.lawn(base, free_steps=free.astype(jnp.int32), mask=mask,
-                 **lawn_kwargs)
+  rule = lo.AutoFreeze(threshold=jnp.where(auto, hp["auto_threshold"], 0.0),
+                       latest=free.astype(jnp.int32))
+  return lo.lawn(base, free_steps=rule, mask=mask, **lawn_kwargs)
 
 
 def stack_hps(configs: Sequence[dict[str, float]]) -> dict[str, jax.Array]:
@@ -305,20 +632,55 @@ def pad_width(previous: int | None, n: int) -> int | None:
   return max(previous or 0, n)
 
 
+class Progress:
+  """Progress of a benchmark's programs on stdout: runs done of those
+  planned, elapsed time and an estimate of what is left (from the rate so
+  far; extension rounds add runs, and the estimate with them)."""
+
+  def __init__(self, planned: int, log: Callable[[str], None] = print):
+    self.planned, self.done, self.log = planned, 0, log
+    self.t0 = time.perf_counter()
+
+  def add_planned(self, n: int) -> None:
+    self.planned += n
+
+  def __call__(self, what: str, n: int, seconds: float) -> None:
+    self.done += n
+    self.planned = max(self.planned, self.done)
+    elapsed = time.perf_counter() - self.t0
+    left = elapsed / self.done * (self.planned - self.done)
+    self.log(f"    {what}: {n} runs in {seconds:.0f} s; {self.done}/"
+             f"{self.planned} runs, {elapsed / 60:.1f} min elapsed, about "
+             f"{left / 60:.1f} min left")
+
+
 class PaddedProgram:
   """Calls a vmapped program ``fn(hps, seeds, *extra)`` on a list of runs:
-  pads them to one width on an accelerator (:func:`pad_width`, one
-  compilation), times the call, and returns NumPy ``(final, logs)`` whose
-  first ``len(runs)`` rows are the runs asked for. ``extra(padded_runs)``
-  supplies any further per-run arguments."""
+  in chunks of at most ``max_runs`` (memory: every run's activations live at
+  once) of near-equal sizes (at most two compilations), each padded to one
+  width on an accelerator (:func:`pad_width`); times every call and returns
+  NumPy ``(final, logs)`` for the runs asked for. ``extra(padded_runs)``
+  supplies any further per-run arguments; ``progress(what, n, seconds)`` is
+  told of every chunk."""
 
-  def __init__(self, fn: Callable[..., Any]):
-    self.fn = fn
+  def __init__(self, fn: Callable[..., Any], max_runs: int | None = None,
+               name: str = "program",
+               progress: Callable[[str, int, float], None] | None = None):
+    self.fn, self.max_runs, self.name = fn, max_runs, name
+    self.progress = progress
     self.width: int | None = None
     self.seconds: list[float] = []
 
   def __call__(self, runs: list[Run],
                extra: Callable[[list[Run]], tuple] = lambda _: ()) -> Any:
+    n_chunks = 1 if not self.max_runs else -(-len(runs) // self.max_runs)
+    size = -(-len(runs) // n_chunks)
+    parts = [self._call(runs[i:i + size], extra)
+             for i in range(0, len(runs), size)]
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+  def _call(self, runs: list[Run], extra: Callable[[list[Run]], tuple]
+            ) -> Any:
     self.width = pad_width(self.width, len(runs))
     padded = pad_runs(runs, self.width)
     hps = stack_hps([r.config for r in padded])
@@ -326,4 +688,6 @@ class PaddedProgram:
     t0 = time.perf_counter()
     out = jax.block_until_ready(self.fn(hps, seeds, *extra(padded)))
     self.seconds.append(time.perf_counter() - t0)
-    return jax.tree.map(np.asarray, out)
+    if self.progress is not None:
+      self.progress(self.name, len(runs), self.seconds[-1])
+    return jax.tree.map(lambda x: np.asarray(x)[:len(runs)], out)

@@ -29,41 +29,143 @@ def _provenance(results: dict) -> str:
           f"on {device}; {minutes:.0f} min of compute")
 
 
-def _generalization_section(path: Path) -> list[str]:
-  from benchmarks.generalization import markdown_table
+def stale_line(results: dict) -> str | None:
+  """The line a table shows when the code that produced it has changed
+  since (or when its file records no code hash)."""
+  changed = common.stale_files(results)
+  commit = str(results.get("environment", {}).get("git_commit", "?"))[:10]
+  if changed is None:
+    return (f"**Stale: this table records no code hash** (produced at "
+            f"`{commit}`, before hashes were kept); re-run its command.")
+  if changed:
+    return (f"**Stale: produced at `{commit}`; these files changed since:** "
+            f"{', '.join(f'`{f}`' for f in changed)}. Re-run its command to "
+            "refresh it.")
+  return None
+
+
+def _with_stale(results: dict, lines: list[str]) -> list[str]:
+  line = stale_line(results)
+  return lines if line is None else [line, ""] + lines
+
+
+def _figures(path: Path, suffixes: list[str], docs: bool) -> list[str]:
+  if not docs:
+    return []
+  out = []
+  for suffix in suffixes:
+    png = path.with_name(path.stem + suffix)
+    if png.exists():
+      out += [f"![{png.name}](../../benchmarks/results/{png.name})", ""]
+  return out
+
+
+def _generalization_section(path: Path, docs: bool = False) -> list[str]:
+  from benchmarks.tables import generalization_table
   r = json.loads(path.read_text())
-  if "comparisons" not in r:
+  if "comparisons" not in r or "studies" not in r:
     raise ValueError(f"{path} predates the comparison protocol: move it to "
                      "benchmarks/results/legacy/")
-  return [f"**{TITLES.get(r['dataset'], r['dataset'])}**, {r['model']} "
+  head = (f"**{TITLES.get(r['dataset'], r['dataset'])}**, {r['model']} "
           f"({r['num_params']:,} parameters), {r['num_train']:,} training "
-          f"examples ({_provenance(r)}); `{path.name}`:", "",
-          markdown_table(r, r["metric"]), ""]
+          f"examples, {r['epochs']} epochs ({_provenance(r)}); "
+          f"`{path.name}`:")
+  return _with_stale(r, [head, "", generalization_table(r, r["metric"]), ""]
+                     + _figures(path, ["_sensitivity.png", "_norms.png"],
+                                docs))
 
 
-def _language_model_section(path: Path) -> list[str]:
-  from benchmarks.language_model import markdown
+def _language_model_section(path: Path, docs: bool = False) -> list[str]:
+  from benchmarks.tables import language_model_table
   r = json.loads(path.read_text())
+  if "studies" not in r:
+    raise ValueError(f"{path} predates the comparison protocol: move it to "
+                     "benchmarks/results/legacy/")
   c = r["config"]
-  return [f"**Character-level GPT** (d={c['d']}, {c['depth']} layers, "
+  head = (f"**Character-level GPT** (d={c['d']}, {c['depth']} layers, "
           f"{c['heads']} heads, context {c['seq']}, {r['num_params']:,} "
           f"parameters) on {r['corpus']['train_bytes']:,} training bytes, "
           f"{c['epochs']} epochs at every batch size ({_provenance(r)}); "
-          f"`{path.name}`:", "", markdown(r), ""]
+          f"`{path.name}`:")
+  figs = [f"_B{b['batch_size']}_curves.png" for b in r["batches"]]
+  return _with_stale(r, [head, "", language_model_table(r), ""]
+                     + _figures(path, ["_sensitivity.png"] + figs, docs))
 
 
-def generalization_section(results_dir: Path = common.RESULTS) -> str:
+def _results(pattern: str, results_dir: Path) -> list[Path]:
+  return sorted(results_dir.glob(pattern))
+
+
+def generalization_section(results_dir: Path = common.RESULTS,
+                           docs: bool = False) -> str:
   lines: list[str] = []
-  for path in sorted(results_dir.glob("generalization_*.json")):
-    lines += _generalization_section(path)
+  for path in _results("generalization_*.json", results_dir):
+    lines += _generalization_section(path, docs)
   return "\n".join(lines).strip()
 
 
-def language_model_section(results_dir: Path = common.RESULTS) -> str:
+def language_model_section(results_dir: Path = common.RESULTS,
+                           docs: bool = False) -> str:
   lines: list[str] = []
-  for path in sorted(results_dir.glob("language_model_*.json")):
-    lines += _language_model_section(path)
+  for path in _results("language_model_*.json", results_dir):
+    lines += _language_model_section(path, docs)
   return "\n".join(lines).strip()
+
+
+# README's summary: the comparisons a reader asks about first.
+SUMMARY_PAIRS = [("lawn-adam", "adam"), ("lawn-adam", "adamw"),
+                 ("lawn-adam (auto, default)", "lawn-adam"),
+                 ("lawn-sgdm", "sgdm"), ("lawn-lamb", "lamb")]
+_AUTO = "lawn-adam-auto (default, lr only)"
+
+
+def _summary_rows(path: Path) -> list[str]:
+  r = json.loads(path.read_text())
+  lm = "batches" in r
+  if lm:
+    comps = [{**c, "batch_size": b["batch_size"]} for b in r["batches"]
+             for c in b["comparisons"]]
+    name, scale, unit = f"char-LM, {r['corpus']['train_bytes']:,} bytes", 1.0, "bpc"
+    better, worse = "lower", "higher"
+  else:
+    comps = r["comparisons"]
+    name = TITLES.get(r["dataset"], r["dataset"]) + (
+        " (quick)" if "quick" in path.stem else "")
+    scale, unit, better, worse = 100.0, "points", "higher", "lower"
+  rows = []
+  for a, b in SUMMARY_PAIRS:
+    a = _AUTO if a.startswith("lawn-adam (auto") else a
+    for c in comps:
+      if (c["a"], c["b"]) != (a, b):
+        continue
+      reading = {better: "**LAWN better**", worse: "**LAWN worse**",
+                 "unstable": "*unstable*"}.get(c["verdict"], "no difference")
+      digits = 3 if lm else 2
+      rows.append(f"| {name} | {c['batch_size']} | "
+                  f"{'free_steps=auto (default) − tuned LAWN-Adam' if a == _AUTO else a + ' − ' + b} | "
+                  f"{scale * c['mean']:+.{digits}f} [{scale * c['low']:+.{digits}f}, "
+                  f"{scale * c['high']:+.{digits}f}] {unit} | {reading} |")
+  stale = stale_line(r)
+  if stale and rows:
+    rows.append(f"| {name} | | {stale} | | |")
+  return rows
+
+
+def summary_section(results_dir: Path = common.RESULTS) -> str:
+  """README's short table: every file's headline comparisons (pooled
+  difference over seeds, 95% interval, the reading over studies)."""
+  rows = []
+  for pattern in ("generalization_*.json", "language_model_*.json"):
+    for path in _results(pattern, results_dir):
+      rows += _summary_rows(path)
+  return "\n".join([
+      "| task | batch | difference | pooled [95% CI] | reading |",
+      "|---|---|---|---|---|", *rows, "",
+      "A difference is *better*/*worse* only when every repeated study (each "
+      "selecting on its own seeds) says so and the pooled interval excludes 0; "
+      "*unstable* when the studies disagree. Every table, with each study's "
+      "difference, the regime (train loss, logit norm) and the sensitivity "
+      "figures: `benchmarks/results/*.md` and the docs' results page."])
 
 
 def _overhead_section(path: Path) -> list[str]:
@@ -80,9 +182,11 @@ def docs_page(results_dir: Path = common.RESULTS) -> str:
   lines = ["# Benchmark results", "",
            "Generated by `python -m benchmarks.report` from the JSON files in "
            "`benchmarks/results/`; the protocol is in `benchmarks/README.md`.",
-           "", "## Generalization", "", generalization_section(results_dir),
-           "", "## Language model", "", language_model_section(results_dir),
-           ""]
+           "", "## Summary", "", summary_section(results_dir), "",
+           "## Generalization", "",
+           generalization_section(results_dir, docs=True), "",
+           "## Language model", "",
+           language_model_section(results_dir, docs=True), ""]
   lines += ["## Step cost", ""]
   for path in sorted(results_dir.glob("overhead*.json")):
     lines += _overhead_section(path)
@@ -172,9 +276,22 @@ def step_cost_section(results_dir: Path = common.RESULTS) -> str:
            "Every cell, the smaller MLPs and the CNNs: "
            "`benchmarks/results/overhead*.md`.", ""]
   for name, results in runs:
-    lines += _step_cost_table(results, name)
-  lines += ["Issue 13's targets, LAWN (`lawn-tensor`, `lawn-free`) on the 24M "
-            "MLP:", "",
+    lines += _with_stale(results, _step_cost_table(results, name))
+  return "\n".join(lines + [step_cost_targets(results_dir)])
+
+
+def step_cost_targets(results_dir: Path = common.RESULTS) -> str:
+  """README's step-cost lines: issue 13's targets against every overhead
+  JSON (each run's device, commit, and whether its code changed since)."""
+  files = sorted(results_dir.glob("overhead*.json"),
+                 key=lambda f: (f.stem != "overhead", f.stem))
+  runs = [(f.name, json.loads(f.read_text())) for f in files]
+  lines = [f"- `{name}`: {_device(r['environment'])}, jax "
+           f"{r['environment']['jax']}, commit "
+           f"`{str(r['environment']['git_commit'])[:10]}`. "
+           + (stale_line(r) or "Current.") for name, r in runs]
+  lines += ["", "Issue 13's targets, LAWN (`lawn-tensor`, `lawn-free`) on the "
+            "24M MLP:", "",
             "| | target | " + " | ".join(
                 _device(r["environment"]) for _, r in runs) + " |",
             "|---|---|" + "---|" * len(runs)]
@@ -191,9 +308,7 @@ def step_cost_section(results_dir: Path = common.RESULTS) -> str:
   return "\n".join(lines)
 
 
-SECTIONS = {"generalization": generalization_section,
-            "language-model": language_model_section,
-            "step-cost": step_cost_section}
+SECTIONS = {"summary": summary_section, "step-cost": step_cost_targets}
 
 
 def render_readme(text: str) -> str:

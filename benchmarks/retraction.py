@@ -32,6 +32,7 @@ def _protocol_choices(path: Path) -> dict[int, dict]:
   """Batch size -> LAWN-Adam's selected configuration in a results file."""
   import json
   results = json.loads(path.read_text())
+  # "selected": the configuration chosen on every seed's validation metric.
   return {c["batch_size"]: {"lr": c["selected"]["lr"],
                             "free_frac": c["selected"]["free_frac"],
                             "epochs": c["epochs"],
@@ -47,7 +48,8 @@ def main(argv=None):
                        "for the fixed --lr/--free-frac/--epochs")
   ap.add_argument("--batch-sizes", nargs="+", type=int,
                   help="default: those of --from (512 2048 without it)")
-  ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+  ap.add_argument("--seeds", nargs="+", type=int,
+                  default=list(range(8)))
   ap.add_argument("--epochs", type=int, default=100)
   ap.add_argument("--lr", type=float, default=3e-3)
   ap.add_argument("--free-frac", type=float, default=0.2)
@@ -91,6 +93,7 @@ def main(argv=None):
              "note": "one configuration per batch size for both modes (the "
                      "protocol's LAWN-Adam choice unless config_source says "
                      "otherwise); differences lazy - exact paired by seed."}
+  payload.update(common.provenance_of_code())
   path = common.write_json("retraction_mnist1d", payload, Path(args.out))
   print(f"wrote {path}")
 

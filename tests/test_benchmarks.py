@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import common, data, generalization, overhead, protocol
+from benchmarks import common, data, generalization, overhead, protocol, tables
 from lawn_optax import _tree
 
 
@@ -175,31 +175,45 @@ def test_generalization_cell_and_report(tmp_path):
 
 
 def test_generalization_protocol_end_to_end(tmp_path):
-  """The main job's path on a tiny task: budgets, extensions, intervals,
-  table, plots, JSON, and the audit's requirements."""
+  """The main job's path on a tiny task: every configuration on every seed,
+  repeated studies, budgets, extensions, intervals, table, plots, JSON."""
   task = generalization.make_task("digits", (16,), max_train=256)
   lrs = {"adam": protocol.log_grid(1e-3, 3e-2, 6),
          "sgdm": protocol.log_grid(1e-4, 1e-3, 6)}
-  cells, comps, secs = generalization.protocol_cells(
-      task, ["adam", "lawn-adam", "sgdm"], 64, 2, [7], [0, 1],
-      max_extensions=1, lr_grids=lrs, log=lambda _: None)
-  assert secs > 0
+  seeds = [0, 1, 2, 3]
+  studies = protocol.make_studies(seeds, 2, 1)
+  cells, comps, secs, reduced = generalization.protocol_cells(
+      task, ["adam", "lawn-adam", "sgdm"], 64, 2, seeds, studies,
+      max_extensions=1, lr_grids=lrs, log=lambda _: None, max_runs=40)
+  assert secs > 0 and reduced == {}
   for c in cells.values():
-    assert c["num_configs"] == 12 + 2 * len(c["extensions"])
+    n_ext = {e["axis"] for e in c["extensions"]}
+    assert c["num_configs"] == (6 + ("lr" in n_ext)) * (3 + (c["knob"] in
+                                                             n_ext))
     assert len(set(c["grid"]["lr"])) >= 6
     assert c["selected"]["lr"] in c["grid"]["lr"]
-    assert len(c["test"]) == 2 and len(c["final_train_loss"]) == 2
+    per = c["per_config"]["test_accuracy"]
+    assert len(per) == c["num_configs"] and {len(r) for r in per} == {4}
+    assert len(c["studies"]) == 2 and len(c["test"]) == 4
+    assert len(c["final_train_loss"]) == 4
+    # The table's per-seed value: the test metric of the configuration the
+    # studies reporting that seed chose (seed 0 is reported by study 1 only).
+    i = c["studies"][1]["selected_index"]
+    assert c["test"][0] == pytest.approx(per[i][0])
   # Equal budgets, extensions included, across base families too.
   assert len({c["num_configs"] for c in cells.values()}) == 1
   assert [(c["a"], c["b"]) for c in comps] == [("lawn-adam", "adam")]
+  assert len(comps[0]["studies"]) == 2
   d = np.subtract(cells["lawn-adam"]["test"], cells["adam"]["test"])
   assert comps[0]["mean"] == pytest.approx(d.mean())
-  results = {"dataset": "digits", "metric": "accuracy", "seeds": [0, 1],
-             "selection_seeds": [7], "schedule": "cosine", "epochs": 2,
+  results = {"dataset": "digits", "metric": "accuracy", "seeds": seeds,
+             "studies": studies, "schedule": "cosine", "epochs": 2,
              "cells": {n: [c] for n, c in cells.items()}, "comparisons": comps}
-  table = generalization.markdown_table(results, "accuracy")
+  table = tables.generalization_table(results, "accuracy")
   assert "| lawn-adam − adam |" in table and "(L " in table
-  pngs = generalization.plot(results, str(tmp_path / "g"))
+  assert "(studies " in table and "2 studies" in table
+  pngs = tables.generalization_plots(results, str(tmp_path / "g"))
+  assert len(pngs) == 3 and pngs[-1].endswith("_sensitivity.png")
   assert all((tmp_path / p.split("/")[-1]).stat().st_size > 1000 for p in pngs)
   json.dumps(results)  # serialisable
 
@@ -249,30 +263,53 @@ def test_readme_generated_sections_match_the_json():
       "README is out of date: run python -m benchmarks.report")
 
 
+def _results_files():
+  return (sorted(common.RESULTS.glob("generalization_*.json")),
+          sorted(common.RESULTS.glob("language_model*.json")))
+
+
 def test_committed_results_follow_the_protocol():
-  """What ../shared/tools/audit_results.py checks, on the committed JSON:
-  >= 6 learning rates with the choice inside, equal budgets, >= 5 report
-  seeds disjoint from the selection seeds, a schedule, paired intervals."""
+  """What ../shared/tools/audit_results.py checks, and more, on the committed
+  JSON: every configuration on >= 8 seeds, >= 3 studies with disjoint
+  selection seeds, every study's choice of either axis inside its grid,
+  equal budgets, a schedule, pooled and per-study intervals, a code hash."""
   from benchmarks import report
-  paths = sorted(common.RESULTS.glob("generalization_*.json"))
-  assert paths
-  for path in paths:
+  gen, lms = _results_files()
+  assert gen and lms
+  for path in gen:
     r = json.loads(path.read_text())
-    assert r["schedule"] == "cosine" and len(r["seeds"]) >= 5
-    assert not set(r["seeds"]) & set(r["selection_seeds"])
+    assert r["schedule"] == "cosine" and len(r["seeds"]) >= 8, path
+    assert len(r["studies"]) >= 3 and r["code_hash"], path
+    sel = [set(st["selection_seeds"]) for st in r["studies"]]
+    assert all(not a & b for i, a in enumerate(sel) for b in sel[i + 1:])
     budgets: dict[int, set[int]] = {}   # batch size -> configurations
     for cs in r["cells"].values():
       for c in cs:
         budgets.setdefault(c["batch_size"], set()).add(c["num_configs"])
+        _assert_choices_inside(c, path)
     assert all(len(b) == 1 for b in budgets.values()), (path, budgets)
-    for cs in r["cells"].values():
-      for c in cs:
-        lrs = sorted(set(c["grid"]["lr"]))
-        assert len(lrs) >= 6 and lrs[0] < c["selected"]["lr"] < lrs[-1], path
-    assert r["comparisons"] and all("low" in x for x in r["comparisons"])
+    assert r["comparisons"] and all(
+        "low" in x and len(x["studies"]) == len(r["studies"])
+        for x in r["comparisons"])
+  for path in lms:
+    r = json.loads(path.read_text())
+    assert r["code_hash"] and len(r["seeds"]) >= 8, path
+    for b in r["batches"]:
+      for c in b["cells"].values():
+        _assert_choices_inside(c, path)
   legacy = next((common.RESULTS / "legacy").glob("generalization_*.json"))
   with pytest.raises(ValueError, match="predates the comparison protocol"):
     report._generalization_section(legacy)
+
+
+def _assert_choices_inside(c, path):
+  assert {len(r) for r in c["per_config"][next(iter(c["per_config"]))]} == {
+      len(c["seeds"])}, path
+  for axis in ("lr", c["knob"]):
+    values = sorted(set(c["grid"][axis]))
+    assert len(values) >= (6 if axis == "lr" else 3), (path, axis)
+    for choice in [c["selected"]] + [st["selected"] for st in c["studies"]]:
+      assert values[0] < choice[axis] < values[-1], (path, axis, choice)
 
 
 def test_cnn_task_carries_batchnorm_statistics_and_lawn_freezes_its_head():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import data, protocol
+from benchmarks import data, protocol, tables
 from benchmarks import language_model as lm
 
 
@@ -74,8 +74,9 @@ def tiny_study():
   corpus = data.text_corpus(NOVELS, max_train_chars=3000, source="generated")
   cfg = dict(d=16, depth=1, heads=2, seq=16, train_chars=3000, epochs=2,
              batch_sizes=[4], methods=["adam", "adam+softcap", "lawn-adam"],
-             lrs=protocol.log_grid(1e-3, 3e-2, 6), selection_seeds=[9],
-             report_seeds=[0, 1], eval_chars=1000, logs=4, max_extensions=0)
+             lrs=protocol.log_grid(1e-3, 3e-2, 6), seeds=[0, 1, 2],
+             studies=3, seeds_per_study=1, eval_chars=1000, logs=4,
+             max_extensions=0)
   return lm.run(cfg, corpus, log=lambda _: None)
 
 
@@ -85,19 +86,20 @@ def test_study_end_to_end(tiny_study, tmp_path):
   assert b["steps"] == b["log_every"] * 4
   assert b["tokens"] == b["steps"] * 4 * 16
   for c in b["cells"].values():
-    assert c["num_configs"] == 12 and len(c["test_bpc"]) == 2
-    assert all(np.isfinite(c["test_bpc"])) and min(c["test_bpc"]) < 8.0
-    run = c["report_runs"][0]
-    assert set(run["curves"]) >= {"train_bpc", "val_probe_bpc", "max_abs_logit",
-                                  "mean_logit_norm", "head_norm",
-                                  "final_norm_scale_norm"}
-    assert len(run["curves"]["head_norm"]) == 4
-  # LAWN freezes the head's norm once it switches (free fraction 0.25 or 0.5).
-  h = b["cells"]["lawn-adam"]["report_runs"][0]["curves"]["head_norm"]
+    assert c["num_configs"] == 18 and len(c["test"]) == 3
+    assert {len(r) for r in c["per_config"]["test_bpc"]} == {3}
+    assert all(np.isfinite(c["test"])) and min(c["test"]) < 8.0
+    curves = c["curves_selected"]
+    assert set(curves) >= {"train_bpc", "val_probe_bpc", "max_abs_logit",
+                           "mean_logit_norm", "head_norm",
+                           "final_norm_scale_norm"}
+    assert len(curves["head_norm"]) == 4
+  # LAWN freezes the head's norm once it switches (free fraction <= 0.75).
+  h = b["cells"]["lawn-adam"]["curves_selected"]["head_norm"]
   assert h[-1] == pytest.approx(h[-2], rel=1e-4)
   # Soft-capped logits stay below the cap.
   cap = b["cells"]["adam+softcap"]["selected"]["softcap"]
-  assert max(b["cells"]["adam+softcap"]["report_runs"][0]["curves"][
+  assert max(b["cells"]["adam+softcap"]["curves_selected"][
       "max_abs_logit"]) < cap
   pairs = {(x["a"], x["b"]) for x in b["comparisons"]}
   assert pairs == {("adam+softcap", "adam"), ("lawn-adam", "adam"),
@@ -106,10 +108,11 @@ def test_study_end_to_end(tiny_study, tmp_path):
   assert "in   head/kernel" in r["lawn_mask"]
   assert "in   final_norm/scale" in r["lawn_mask"]
   assert "out  blocks/0/up/kernel" in r["lawn_mask"]
-  table = lm.markdown(r)
-  assert "| lawn-adam − adam |" in table
+  assert all(len(x["studies"]) == 3 for x in b["comparisons"])
+  table = tables.language_model_table(r)
+  assert "| lawn-adam − adam |" in table and "(studies " in table
   assert all((tmp_path / p.split("/")[-1]).stat().st_size > 1000
-             for p in lm.plot(r, str(tmp_path / "lm")))
+             for p in tables.language_model_plots(r, str(tmp_path / "lm")))
   json.dumps(r)
 
 

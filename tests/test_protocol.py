@@ -50,65 +50,182 @@ def test_log_grid_and_schedule():
     protocol.warmup_cosine(10, schedule="linear")
 
 
-def _fake_runner(best_lr):
-  """Validation score peaks at ``best_lr`` (per method), the knob adds a
-  small offset; the test metric is the score plus the seed / 100."""
+def test_extend_grid_on_each_scale():
+  assert protocol.extend_grid([0.01, 0.1, 1.0], "high") == 10.0
+  assert protocol.extend_grid([0.01, 0.1, 1.0], "low") == 0.001
+  # 1 - x geometric: beta2 0.99 -> 0.999 -> 0.9999.
+  assert protocol.extend_grid([0.95, 0.99, 0.999], "high", "log1m") == 0.9999
+  assert protocol.extend_grid([0.95, 0.99, 0.999], "low", "log1m") == 0.75
+  # Fractions on the logit line stay inside (0, 1).
+  assert protocol.extend_grid([0.25, 0.5, 0.75], "low", "logit") == 0.1
+  assert protocol.extend_grid([0.25, 0.5, 0.75], "high", "logit") == 0.9
+  with pytest.raises(ValueError, match="scale"):
+    protocol.extend_grid([1, 2], "low", "linear")
+
+
+def test_make_studies_have_disjoint_selection_seeds():
+  st = protocol.make_studies(range(8), 4, 2)
+  assert [s["selection_seeds"] for s in st] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+  assert st[1]["report_seeds"] == [0, 1, 4, 5, 6, 7]
+  with pytest.raises(ValueError, match="distinct seeds"):
+    protocol.make_studies(range(5), 3, 2)
+  with pytest.raises(ValueError, match=">= 2 report seeds"):
+    protocol.make_studies(range(3), 1, 2)
+
+
+def _fake_runner(best_lr, best_k=None):
+  """Validation peaks at ``best_lr`` (per method) and, for the knob, at
+  ``best_k`` (else it rises with k); the test metric is a per-method offset
+  plus the seed / 100. Records every call's runs."""
   calls = []
+  best_k = best_k or {}
 
   def run_many(runs):
     calls.append(list(runs))
-    return [{"val": -abs(math.log(r.config["lr"] / best_lr[r.method]))
-             + 0.01 * r.config["k"],
-             "test": 0.5 + r.seed / 100 + (0.01 if r.method == "b" else 0)}
-            for r in runs]
+    out = []
+    for r in runs:
+      k = r.config["k"]
+      knob = (-abs(math.log(k / best_k[r.method])) if r.method in best_k
+              else 0.01 * k)
+      out.append({"val": -abs(math.log(r.config["lr"] / best_lr[r.method]))
+                  + 0.1 * knob,
+                  "test": 0.5 + r.seed / 100 + (0.01 if r.method == "b" else 0),
+                  "curves": {"x": [r.seed, 2.0 * r.seed]}})
+    return out
   return run_many, calls
 
 
-def test_tune_extends_edges_with_equal_budgets():
-  lrs = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)
-  grids = {"a": MethodGrid(lrs, "k", (0.0, 1.0)),
-           "b": MethodGrid(lrs, "k", (0.0, 1.0), {"lawn": 1.0})}
-  run_many, calls = _fake_runner({"a": 0.1, "b": 4e-3})
-  cells = protocol.tune_and_report(grids, run_many, "val", ["test"], [10, 11],
-                                   [0, 1, 2], higher_is_better=True,
-                                   max_extensions=2, log=lambda _: None)
-  a, b = cells["a"], cells["b"]
-  # a's optimum is above the grid: two extensions upwards, still at the edge.
-  assert [e["side"] for e in a["extensions"]] == ["high", "high"]
-  assert a["selected"]["lr"] == pytest.approx(0.128) and a["selected_at_edge"] == "high"
-  # b chose inside: it spends its equal extensions on the nearer side.
-  assert all(not e["chosen_at_edge"] for e in b["extensions"])
-  assert b["selected"] == {"lr": 4e-3, "k": 1.0, "lawn": 1.0}
-  assert a["num_configs"] == b["num_configs"] == 12 + 4
-  # Selection and report runs are disjoint in seeds; report uses the choice.
-  assert {r.seed for c in calls[:-1] for r in c} == {10, 11}
-  assert [(r.method, r.seed) for r in calls[-1]] == [
-      (m, s) for m in "ab" for s in (0, 1, 2)]
-  assert b["test"] == pytest.approx([0.51, 0.52, 0.53])
+LRS = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)
+STUDIES = protocol.make_studies(range(8), 4, 2)
 
 
-def test_tune_rejects_unequal_budgets_and_shared_seeds():
-  lrs = tuple(np.geomspace(1e-3, 1e-1, 6))
+def test_tune_runs_every_configuration_on_every_seed_and_extends_edges():
+  grids = {"a": MethodGrid(LRS, "k", (1.0, 2.0, 4.0)),
+           "b": MethodGrid(LRS, "k", (1.0, 2.0, 4.0), {"lawn": 1.0})}
+  run_many, calls = _fake_runner({"a": 0.1, "b": 4e-3}, {"a": 2.0, "b": 9.0})
+  t = protocol.tune(grids, run_many, "val", range(8), STUDIES,
+                    higher_is_better=True, max_extensions=2,
+                    log=lambda _: None)
+  # Round 0: 18 configurations x 8 seeds per method; every later round adds
+  # one learning rate (x every knob value) and, while b's knob (optimum 9)
+  # sits at the top, one knob value (x every learning rate) to both methods.
+  assert len(calls[0]) == 2 * 18 * 8
+  assert all(sorted(r.seed for r in c if (r.method, tuple(r.config.items()))
+                    == (c[0].method, tuple(c[0].config.items())))
+             == list(range(8)) for c in calls)
+  ext_a = [(e["axis"], e["side"]) for e in t.extensions["a"]]
+  # a's knob choice (2) is inside: its equal extensions go to the nearer
+  # side of the grid (4 is the top at first, then 1 is the nearer edge).
+  assert ext_a == [("lr", "high"), ("k", "high"), ("lr", "high"),
+                   ("k", "low")]
+  assert [e["chosen_at_edge"] for e in t.extensions["a"]] == [True, False,
+                                                               True, False]
+  assert [e["value"] for e in t.extensions["b"] if e["axis"] == "k"] == [
+      8.0, 16.0]
+  assert len(t.configs["a"]) == len(t.configs["b"]) == 8 * 5  # full product
+  chosen = protocol.selections(t)
+  assert t.configs["b"][chosen["b"]["study 2"]] == {"lr": 4e-3, "k": 8.0,
+                                                    "lawn": 1.0}
+  assert t.configs["a"][chosen["a"]["all"]]["lr"] == pytest.approx(0.128)
+
+
+def test_report_pools_studies_by_seed():
+  grids = {"a": MethodGrid(LRS, "k", (1.0, 2.0, 4.0)),
+           "b": MethodGrid(LRS, "k", (1.0, 2.0, 4.0))}
+  run_many, _ = _fake_runner({"a": 4e-3, "b": 4e-3}, {"a": 2.0, "b": 2.0})
+  t = protocol.tune(grids, run_many, "val", range(8), STUDIES,
+                    higher_is_better=True, max_extensions=0,
+                    log=lambda _: None)
+  rep = protocol.report(t, "test", [("b", "a")])
+  (c,) = rep["comparisons"]
+  # b is 0.01 above a on every seed, whatever the choice: a constant
+  # difference, every study says "higher", the pooled interval is a point.
+  assert c["mean"] == pytest.approx(0.01)
+  assert all(s["mean"] == pytest.approx(0.01) and s["verdict"] == "higher"
+             for s in c["studies"])
+  assert c["verdict"] == c["pooled_verdict"] == "higher"
+  assert rep["studies"]["a"][0]["report_seeds"] == [2, 3, 4, 5, 6, 7]
+  assert protocol.seed_averaged(t, "a", "test") == pytest.approx(
+      [0.5 + s / 100 for s in range(8)])
+
+
+def test_pooled_interval_against_a_hand_computation():
+  """Two studies that choose different configurations: per seed, the
+  difference averaged over the studies reporting it, t-interval over seeds."""
+  rng = np.random.default_rng(0)
+  test = {m: rng.normal(size=(2, 6)) for m in "ab"}   # [config][seed]
+  val = {"a": [[1, 1, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0]],   # study 1 -> 1
+         "b": [[1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]]}   # study 2 -> 1
+  studies = protocol.make_studies(range(6), 3, 2)
+  t = protocol.Tuning(
+      {m: MethodGrid(LRS, "k", (1.0,)) for m in "ab"},
+      {m: [{"lr": 1.0, "k": 1.0}, {"lr": 2.0, "k": 1.0}] for m in "ab"},
+      {m: {"val": val[m], "test": test[m].tolist()} for m in "ab"},
+      {m: [] for m in "ab"}, {m: [] for m in "ab"}, list(range(6)), studies,
+      "val", True)
+  ch = protocol.selections(t)
+  assert [ch["a"][f"study {k}"] for k in range(3)] == [0, 1, 0]
+  assert [ch["b"][f"study {k}"] for k in range(3)] == [0, 0, 1]
+  per_seed = {s: [] for s in range(6)}
+  for k, st in enumerate(studies):
+    ia, ib = ch["a"][f"study {k}"], ch["b"][f"study {k}"]
+    for s in st["report_seeds"]:
+      per_seed[s].append(test["a"][ia, s] - test["b"][ib, s])
+  d = np.array([np.mean(v) for v in per_seed.values()])
+  half = 2.571 * d.std(ddof=1) / math.sqrt(6)
+  (c,) = protocol.report(t, "test", [("a", "b")])["comparisons"]
+  assert (c["mean"], c["low"], c["high"]) == pytest.approx(
+      (d.mean(), d.mean() - half, d.mean() + half))
+  assert len(c["studies"]) == 3
+
+
+@pytest.mark.parametrize("studies,pooled,want", [
+    (["higher"] * 3, "higher", "higher"),
+    (["lower"] * 4, "lower", "lower"),
+    (["higher", "higher", "no difference"], "higher", "unstable"),
+    (["higher", "lower", "higher"], "no difference", "unstable"),
+    (["no difference"] * 3, "higher", "no difference"),
+    (["higher"] * 3, "no difference", "unstable"),
+])
+def test_verdict_of_studies(studies, pooled, want):
+  assert protocol.verdict_of_studies(studies, pooled) == want
+
+
+def test_tune_rejects_unequal_budgets_and_overlapping_studies():
   run_many, _ = _fake_runner({"a": 1e-2, "b": 1e-2})
   with pytest.raises(ValueError, match="unequal tuning budgets"):
-    protocol.tune_and_report({"a": MethodGrid(lrs, "k", (0.0,)),
-                              "b": MethodGrid(lrs, "k", (0.0, 1.0))},
-                             run_many, "val", [], [1], [0], higher_is_better=True)
-  with pytest.raises(ValueError, match="disjoint"):
-    protocol.tune_and_report({"a": MethodGrid(lrs, "k", (0.0,))}, run_many,
-                             "val", [], [0, 1], [1, 2], higher_is_better=True)
+    protocol.tune({"a": MethodGrid(LRS, "k", (0.0,)),
+                   "b": MethodGrid(LRS, "k", (0.0, 1.0))},
+                  run_many, "val", range(8), STUDIES, higher_is_better=True)
+  bad = [{"selection_seeds": [0, 1], "report_seeds": [2, 3]},
+         {"selection_seeds": [1, 2], "report_seeds": [0, 3]}]
+  with pytest.raises(ValueError, match="must be disjoint"):
+    protocol.tune({"a": MethodGrid(LRS, "k", (1.0,))}, run_many, "val",
+                  range(4), bad, higher_is_better=True)
 
 
 def test_diverged_configurations_lose():
-  lrs = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)
-
   def run_many(runs):
     return [{"val": float("nan") if r.config["lr"] > 5e-3 else r.config["lr"],
              "test": 0.0} for r in runs]
-  cells = protocol.tune_and_report({"a": MethodGrid(lrs, "k", (0.0,))},
-                                   run_many, "val", ["test"], [1], [0],
-                                   higher_is_better=True, max_extensions=0)
-  assert cells["a"]["selected"]["lr"] == 4e-3
+  t = protocol.tune({"a": MethodGrid(LRS, "k", (0.0, 1.0, 2.0))}, run_many,
+                    "val", range(4), protocol.make_studies(range(4), 2, 1),
+                    higher_is_better=True, max_extensions=0,
+                    log=lambda _: None)
+  assert {t.configs["a"][i]["lr"] for i in protocol.selections(t)["a"].values()
+          } == {4e-3}
+
+
+def test_sensitivity_takes_the_best_knob_and_a_t_band():
+  rec = {"knob": "k", "test_metric": "test",
+         "grid": {"lr": [1, 2, 1, 2], "k": [5, 5, 7, 7]},
+         "val_mean_per_config": [0.1, 0.2, 0.4, 0.3],
+         "per_config": {"test": [[1, 1], [2, 2], [3, 5], [4, 4]]}}
+  s = protocol.sensitivity(rec)
+  assert s["knob_value"] == 7 and s["lr"] == [1, 2]
+  assert s["mean"] == [4.0, 4.0]
+  assert s["half_width"] == pytest.approx([12.706 * math.sqrt(2) / math.sqrt(2),
+                                           0.0])
 
 
 def test_pad_runs():

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Re-runs committed comparisons at the current code, one after another, with
+# --out benchmarks/results (each job's log in .runs/, progress in
+# .runs/progress.log). Jobs: quick mnist1d retraction sgd fashion movielens
+# lm lm12k (default: all, in that order; ~4-5 h on 2 CPU cores).
+# Then: python -m benchmarks.report (README) and the docs build.
+set -u
+cd "$(dirname "$0")/.."
+mkdir -p .runs
+run() {
+  name=$1; shift
+  echo "== $name start $(date -u +%H:%M:%S)" >> .runs/progress.log
+  "$@" > ".runs/$name.log" 2> ".runs/$name.err"
+  echo "== $name end $(date -u +%H:%M:%S) rc=$?" >> .runs/progress.log
+}
+jobs=("$@")
+[ ${#jobs[@]} -eq 0 ] && jobs=(quick mnist1d retraction sgd fashion movielens lm lm12k)
+for job in "${jobs[@]}"; do
+  case $job in
+    quick) run quick python -m benchmarks.generalization --out benchmarks/results ;;
+    mnist1d) run mnist1d python -m benchmarks.generalization --preset mnist1d --out benchmarks/results ;;
+    retraction) run retraction python -m benchmarks.retraction --out benchmarks/results ;;
+    sgd) run sgd python -m benchmarks.generalization --preset mnist1d-sgd-lamb --out benchmarks/results ;;
+    fashion) run fashion python -m benchmarks.generalization --preset fashion-cpu --out benchmarks/results ;;
+    movielens) run movielens python -m benchmarks.generalization --preset movielens-cpu --out benchmarks/results ;;
+    lm) run lm python -m benchmarks.language_model --cpu --out benchmarks/results ;;
+    lm12k) run lm12k python -m benchmarks.language_model --preset cpu-12k --out benchmarks/results ;;
+    *) echo "unknown job $job" >&2; exit 2 ;;
+  esac
+done
+echo "== done $(date -u +%H:%M:%S)" >> .runs/progress.log

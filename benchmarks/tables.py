@@ -1,0 +1,305 @@
+"""How results are shown: the Markdown tables and figures of the accuracy
+benchmarks, written from their results (JSON-able dicts).
+
+Presentation only: nothing here changes a number, so this module is left
+out of the results' code hash (``benchmarks.common.NOT_HASHED``) and can be
+improved without making a committed table stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from benchmarks import protocol
+from benchmarks.protocol import PROTOCOL_TEXT
+
+DIFFERENCE_TEXT = (
+    "Pooled: per seed, the difference averaged over the studies that report "
+    "that seed; mean and 95% t-interval over the seeds. Studies: each "
+    "study's mean difference over its own report seeds, marked ▲/▼ where its "
+    "own interval excludes 0.")
+
+
+def studies_text(results: dict[str, Any]) -> str:
+  """How the table's numbers were pooled, from a results file."""
+  seeds, studies = results["seeds"], results["studies"]
+  sel = ", ".join("-".join(map(str, st["selection_seeds"])) for st in studies)
+  return (f"every configuration ran on seeds {seeds}; {len(studies)} studies "
+          f"each select on validation over their own seeds ({sel}) and report "
+          f"test on the other {len(seeds) - len(studies[0]['selection_seeds'])}"
+          "; per seed, the test metric of the studies that report it is "
+          "averaged, and the table gives mean ± std over the seeds.")
+
+
+def difference_text(c: dict[str, Any], scale: float, higher: str,
+                    lower: str, digits: int = 2) -> str:
+  """``+1.66 [+0.74, +2.57] **wins** (studies +1.2▲ +1.9▲ ...)``."""
+  reading = {"higher": higher, "lower": lower,
+             "unstable": "**unstable**"}.get(c["verdict"], c["verdict"])
+  marks = {"higher": "▲", "lower": "▼"}
+  per = " ".join(f"{scale * st['mean']:+.{max(digits - 1, 1)}f}"
+                 f"{marks.get(st['verdict'], '')}" for st in c["studies"])
+  f = f"+.{digits}f"
+  return (f"{scale * c['mean']:{f}} [{scale * c['low']:{f}}, "
+          f"{scale * c['high']:{f}}] {reading} (studies {per})")
+
+
+
+def sensitivity_figure(panels: Sequence[tuple[str, dict[str, Any]]],
+                       path: str, ylabel: str, scale: float = 1.0,
+                       higher_is_better: bool = True) -> str:
+  """One panel per cell: test metric vs learning rate, one line per method
+  at its best knob value, mean over seeds with a 95% band (LAWN variants
+  solid, the rest dashed). ``panels``: (title, {method: record})."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8),
+                           squeeze=False)
+  for ax, (title, records) in zip(axes[0], panels):
+    for i, (m, rec) in enumerate(records.items()):
+      sens = protocol.sensitivity(rec, higher_is_better=higher_is_better)
+      mean = scale * np.asarray(sens["mean"])
+      half = scale * np.asarray(sens["half_width"])
+      ax.plot(sens["lr"], mean, marker="o", ms=3, color=f"C{i}",
+              ls="-" if m.startswith("lawn") else "--",
+              label=f"{m} ({sens['knob']}={sens['knob_value']:g})")
+      ax.fill_between(sens["lr"], mean - half, mean + half, color=f"C{i}",
+                      alpha=0.15, lw=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+
+# -- generalization ---------------------------------------------------------
+
+def _cell_text(c: dict[str, Any]) -> str:
+  return (f"{100 * c['test_mean']:.1f} ± {100 * c['test_std']:.1f} "
+          f"(L {np.mean(c['final_train_loss']):.2g}, "
+          f"z {np.mean(c['final_logit_norm']):.3g})")
+
+
+def generalization_table(results: dict[str, Any], metric: str) -> str:
+  """Test metric per method and batch size (per seed averaged over the
+  studies that report it; mean ± std over seeds, with the final train loss L
+  and logit norm z: the regime), then the paired differences: pooled
+  interval, reading, and each study's mean difference."""
+  names = list(results["cells"])
+  batches = sorted({c["batch_size"] for n in names
+                    for c in results["cells"][n]})
+  lines = ["| optimizer | " + " | ".join(f"B={b}" for b in batches) + " |",
+           "|" + "---|" * (len(batches) + 1)]
+  rows = [(n, cs) for n, cs in results["cells"].items()]
+  rows += [(f"{n} †", cs) for n, cs in
+           results.get("reduced_budget_cells", {}).items()]
+  for n, cs in rows:
+    by_b = {c["batch_size"]: c for c in cs}
+    lines.append(f"| {n} | " + " | ".join(
+        _cell_text(by_b[b]) if b in by_b else "" for b in batches) + " |")
+  if results.get("reduced_budget_cells"):
+    lines += ["", "† free_steps='auto' at its default threshold: "
+              "lawn-adam-auto's learning rates only (a third of the other "
+              "methods' tuning budget), selected and reported like them."]
+  lines += ["", f"Test {metric} (%): {studies_text(results)} "
+            "L: final train loss, z: final mean logit norm (averaged alike). "
+            f"Schedule: {results.get('schedule')}, {results['epochs']} epochs "
+            f"at every batch size. {PROTOCOL_TEXT}"]
+  comps = results.get("comparisons", [])
+  if comps:
+    pairs = list(dict.fromkeys((c["a"], c["b"]) for c in comps))
+    lines += ["", "| paired difference (points) | " + " | ".join(
+        f"B={b}" for b in batches) + " |", "|" + "---|" * (len(batches) + 1)]
+    for a, b_ in pairs:
+      row = []
+      for b in batches:
+        c = next((x for x in comps if (x["a"], x["b"], x["batch_size"]) ==
+                  (a, b_, b)), None)
+        row.append("" if c is None else difference_text(
+            c, 100, f"**{a} wins**", f"**{a} loses**"))
+      lines.append(f"| {a} − {b_} | " + " | ".join(row) + " |")
+    lines += ["", DIFFERENCE_TEXT]
+  return "\n".join(lines)
+
+
+def _freeze_epoch(cell: dict[str, Any]) -> float | None:
+  """Where the configuration chosen on every seed froze (mean epoch)."""
+  steps = cell["per_config"].get("frozen_at", [[]])[cell["selected_index"]]
+  steps = [s for s in steps if s >= 0]
+  if not steps:
+    return None
+  return float(np.mean(steps)) / cell["steps"] * cell["epochs"]
+
+
+def generalization_plots(results: dict[str, Any], path_prefix: str) -> list[str]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = list(results["cells"])
+  # One colour per base optimizer, whether or not its plain run is present.
+  bases = list(dict.fromkeys(n.removeprefix("lawn-") for n in names))
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for i, n in enumerate(bases):
+    for variant, style in ((n, "--"), (f"lawn-{n}", "-")):
+      if variant not in results["cells"]:
+        continue
+      cells = sorted(results["cells"][variant], key=lambda c: c["batch_size"])
+      b = [c["batch_size"] for c in cells]
+      m = np.array([c["test_mean"] for c in cells])
+      s = np.array([c["test_std"] for c in cells])
+      ax.errorbar(b, 100 * m, 100 * s, ls=style, color=f"C{i}", marker="o",
+                  capsize=3, label=variant)
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("batch size")
+  ax.set_ylabel(f"test {results['metric']} (%)")
+  ax.set_title(f"{results['dataset']}: base (dashed) vs LAWN (solid)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  out = [f"{path_prefix}_metric_vs_batch.png"]
+  fig.savefig(out[0], dpi=120)
+  plt.close(fig)
+
+  biggest = max(c["batch_size"] for n in names for c in results["cells"][n])
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  for n in names:
+    cell = next((c for c in results["cells"][n] if c["batch_size"] == biggest),
+                None)
+    if cell is None:
+      continue
+    ep = np.arange(1, cell["epochs"] + 1)
+    base_i = bases.index(n.removeprefix("lawn-"))
+    style = "-" if n.startswith("lawn-") else "--"
+    for ax, key in zip(axes, ("train_loss", "logit_norm", "head_norm")):
+      ax.plot(ep, cell["curves_selected"][key], style, color=f"C{base_i}",
+              label=n)
+    freeze = _freeze_epoch(cell)
+    if freeze is not None:
+      for ax in axes:
+        ax.axvline(freeze, color=f"C{base_i}", ls=":", lw=1)
+  for ax, title in zip(axes, ("train loss", "mean logit norm",
+                              "final-layer kernel norm")):
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+  axes[0].set_yscale("log")
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f"{results['dataset']}, batch {biggest}: freeze points dotted")
+  fig.tight_layout()
+  out.append(f"{path_prefix}_norms.png")
+  fig.savefig(out[1], dpi=120)
+  plt.close(fig)
+  batches = sorted({c["batch_size"] for n in names
+                    for c in results["cells"][n]})
+  panels = [(f"{results['dataset']}, B={b}",
+             {n: c for n in names for c in results["cells"][n]
+              if c["batch_size"] == b}) for b in batches]
+  out.append(sensitivity_figure(
+      panels, f"{path_prefix}_sensitivity.png",
+      f"test {results['metric']} (%)", 100.0))
+  return out
+
+
+
+# -- language model ---------------------------------------------------------
+
+def language_model_table(results: dict[str, Any]) -> str:
+  lines = ["| method | " + " | ".join(
+      f"B={b['batch_size']}: test bpc | train bpc | max logit | val rise"
+      for b in results["batches"]) + " |",
+           "|---|" + "---|---|---|---|" * len(results["batches"])]
+  methods = list(results["batches"][0]["cells"])
+  reduced = list(results["batches"][0].get("reduced_budget_cells", {}))
+  for m in methods + reduced:
+    row = []
+    for b in results["batches"]:
+      c = b["cells"].get(m) or b["reduced_budget_cells"][m]
+      row += [f"{c['test_mean']:.3f} ± {c['test_std']:.3f}",
+              f"{np.mean(c['final_train_bpc']):.3f}",
+              f"{np.mean(c['final_max_abs_logit']):.1f}",
+              f"{np.mean(c['val_rise']):.3f}"]
+    lines.append(f"| {m}{' †' if m in reduced else ''} | "
+                 + " | ".join(row) + " |")
+  if reduced:
+    lines += ["", "† free_steps='auto' at its default threshold: "
+              "lawn-adam-auto's learning rates only (a third of the other "
+              "methods' tuning budget), selected and reported like them."]
+  lines += ["", "| comparison | " + " | ".join(
+      f"B={b['batch_size']}: Δ test bpc, pooled [95% CI], reading (studies)"
+      for b in results["batches"]) + " |",
+            "|---|" + "---|" * len(results["batches"])]
+  keys = [(r["a"], r["b"]) for r in results["batches"][0]["comparisons"]]
+  for a, bname in keys:
+    row = []
+    for b in results["batches"]:
+      r = next(x for x in b["comparisons"] if (x["a"], x["b"]) == (a, bname))
+      row.append(difference_text(r, 1.0, f"**{a} worse**",
+                                          f"**{a} better**", digits=3))
+    lines.append(f"| {a} − {bname} | " + " | ".join(row) + " |")
+  lines += ["", f"Test bits per character (lower is better): "
+            f"{studies_text(results)} Train bpc, max |logit| and val "
+            "rise (final minus lowest validation-probe bpc during training: "
+            "> 0 when validation turned up) at the end of training, averaged "
+            f"alike. {PROTOCOL_TEXT}", "",
+            DIFFERENCE_TEXT]
+  return "\n".join(lines)
+
+
+def language_model_plots(results: dict[str, Any], prefix: str) -> list[str]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  keys = [("train_bpc", "train bpc"), ("val_probe_bpc", "validation bpc"),
+          ("max_abs_logit", "max |logit|"),
+          ("mean_logit_norm", "mean logit norm"),
+          ("head_norm", "head kernel norm"),
+          ("final_norm_scale_norm", "final norm scale norm")]
+  out = []
+  for b in results["batches"]:
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for i, (m, c) in enumerate(b["cells"].items()):
+      curves = np.array([c["curves_selected"][k] for k, _ in keys])
+      x = b["log_every"] * np.arange(1, curves.shape[1] + 1)
+      for ax, y, (_, title) in zip(axes.flat, curves, keys):
+        ax.plot(x, y, color=f"C{i}", label=m,
+                ls="-" if m.startswith("lawn") else "--")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"Austen char-LM, batch {b['batch_size']} x "
+                 f"{results['config']['seq']}: the configurations chosen on "
+                 "every seed, mean over seeds")
+    fig.tight_layout()
+    out.append(f"{prefix}_B{b['batch_size']}_curves.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  methods = list(results["batches"][0]["cells"])
+  for i, m in enumerate(methods):
+    bs = [b["batch_size"] for b in results["batches"]]
+    ms = [(b["cells"][m]["test_mean"], b["cells"][m]["test_std"])
+          for b in results["batches"]]
+    ax.errorbar(bs, [v[0] for v in ms], [v[1] for v in ms], marker="o",
+                capsize=3, color=f"C{i}", label=m,
+                ls="-" if m.startswith("lawn") else "--")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("batch size (sequences)")
+  ax.set_ylabel("test bpc")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  out.append(f"{prefix}_test_vs_batch.png")
+  fig.savefig(out[-1], dpi=110)
+  plt.close(fig)
+  out.append(sensitivity_figure(
+      [(f"B={b['batch_size']}", b["cells"]) for b in results["batches"]],
+      f"{prefix}_sensitivity.png", "test bpc", higher_is_better=False))
+  return out
+
+
