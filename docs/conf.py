@@ -3,8 +3,10 @@
 Built by ``.ci/run`` with warnings as errors:
 ``python -m sphinx -W --keep-going -b html docs docs/_build/html``.
 Generated at build time (never hand-copied): the notebooks (copied from
-``notebooks/``, rendered as committed), the ``explain`` output on the mask
-guide (run here), and the results page (from ``benchmarks/results``).
+``notebooks/`` and executed here in their small mode, ``LAWN_NOTEBOOK_SMALL=1``,
+so the site shows their outputs and a failing cell fails the build), the
+``explain`` output on the mask guide (run here), and the results page with
+its figures (from ``benchmarks/results``).
 """
 
 import os
@@ -24,7 +26,12 @@ release = version = lawn_optax.__version__
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon",
               "sphinx.ext.mathjax", "myst_nb"]
 myst_enable_extensions = ["dollarmath", "amsmath"]
-nb_execution_mode = "off"  # CI executes the notebooks (pytest --nbmake)
+# The notebooks run at build time, small (the CI step that executes them).
+nb_execution_mode = "force"
+nb_execution_timeout = 900
+nb_execution_raise_on_error = True
+nb_execution_show_tb = True
+os.environ["LAWN_NOTEBOOK_SMALL"] = "1"
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True

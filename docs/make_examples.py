@@ -32,11 +32,11 @@ def main():
     params = model.init(jax.random.key(0), x)["params"]
     fn = lambda p, x, model=model: model.apply({"params": p}, x)
     print(f"# {title}")
-    lo.masks.explain(fn, params, x, **kw)
+    print(lo.masks.explain(fn, params, x, **kw))
     print()
   gpt = models.gpt(vocab=50, d=16, depth=2, heads=2, seq=8)
   print("# pre-LN GPT (nnx), biases='ignore'")
-  lo.masks.explain(gpt, jnp.zeros((1, 8), jnp.int32), biases="ignore")
+  print(lo.masks.explain(gpt, jnp.zeros((1, 8), jnp.int32), biases="ignore"))
 
 
 if __name__ == "__main__":
