@@ -11,7 +11,8 @@ run() {
   name=$1; shift
   echo "== $name start $(date -u +%H:%M:%S)" >> .runs/progress.log
   "$@" > ".runs/$name.log" 2> ".runs/$name.err"
-  echo "== $name end $(date -u +%H:%M:%S) rc=$?" >> .runs/progress.log
+  rc=$?
+  echo "== $name end $(date -u +%H:%M:%S) rc=$rc" >> .runs/progress.log
 }
 jobs=("$@")
 [ ${#jobs[@]} -eq 0 ] && jobs=(quick mnist1d retraction sgd fashion movielens lm lm12k)
