@@ -5,8 +5,14 @@
 # root with the datasets under .gpudata/ (fashion/, dslabs/, austen/) and
 # $OUT set; on the project's lent machine the wheels in .whl/ pin flax/optax.
 # Arguments name the jobs to run (default: all), e.g. `device_run.sh overhead`.
+# One 15-minute session holds one of the three studies below (each sized to
+# ~8 min of wall time by the script itself):
+#   device_run.sh step_cost    issue 26: the 24M MLP cells, a GPT-2-small LM
+#                              step and a BN ResNet step, with the peer
+#   device_run.sh fashion_cnn  issue 27: the BN ResNet on Fashion-MNIST
+#   device_run.sh lm_gpu       issue 28: a 7M-parameter GPT on Austen
 set -u
-JOBS=${*:-"lm fashion fashion_cnn mnist1d movielens overhead"}
+JOBS=${*:-"step_cost"}
 R=$OUT/results; mkdir -p "$R"
 export PYTHONUNBUFFERED=1
 pack() { tar czf "$OUT/results.tgz" -C "$OUT" results; }
@@ -24,10 +30,12 @@ python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, op
 cat "$R/device.txt"
 job lm 180 python3 -m benchmarks.language_model --full --data .gpudata/austen --out "$R"
 job fashion 60 python3 -m benchmarks.generalization --preset fashion --data .gpudata/fashion --out "$R"
-job fashion_cnn 120 python3 -m benchmarks.generalization --preset fashion-cnn --data .gpudata/fashion --out "$R"
 job mnist1d 110 python3 -m benchmarks.generalization --full --out "$R"
 job movielens 40 python3 -m benchmarks.generalization --preset movielens --data .gpudata/dslabs/Rdata --out "$R"
 job overhead 420 python3 -m benchmarks.overhead --full --repeats 15 --out "$R" --tag _gpu
+job step_cost 480 python3 -m benchmarks.overhead --suite device --repeats 15 --out "$R" --tag _gpu_suite
+job fashion_cnn 540 python3 -m benchmarks.device_jobs fashion-cnn --budget 420 --data .gpudata/fashion --out "$R"
+job lm_gpu 540 python3 -m benchmarks.device_jobs lm-gpu --budget 420 --data .gpudata/austen --out "$R"
 # The projection's tests on the accelerator's jax (its fusion decides the
 # temporaries that test_constrain_after asserts on).
 job tests 100 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_constrain_after.py tests/test_lawn.py

@@ -21,6 +21,18 @@ optimizer and every variant:
   lawn-tangent                 exact + tangent projection, constrained phase
   fixnorm / wrs / wrs-between  FixNorm; WRS on an active step (period 1, no
                                gate) and between periods (period 2)
+  peer                         the projection a user would write: the base
+                               update, ``optax.apply_updates``, then
+                               ``w <- c w / ||w||`` on the masked leaves (exact,
+                               per tensor), into the donated parameter buffer
+
+``--suite device`` (one accelerator session, ``benchmarks/device_run.sh
+step_cost``): the 24M MLP with Adam, SGD-m and LAMB, then models people
+train, full train step only: a GPT-2-small-shaped nnx LM (124M parameters,
+context 1024, bf16 compute) with LAWN on the mask ``final_homogeneous``
+finds and on every matrix, and a BatchNorm ResNet (stages 64-128-256-512)
+at batch 256 with every conv kernel constrained (FixNorm, WRS, LAWN).
+``--tiny`` runs the same suite at toy sizes (CI runs it on the CPU).
 
 It records XLA's compiled ``bytes accessed`` (a figure that does not depend
 on machine noise; a ``lax.cond`` counts both branches, so gated variants
@@ -83,6 +95,7 @@ def _variants(mask):
       # Advanced one step below, so period=2 is on an inactive step.
       "wrs-between": lambda base: lo.weight_rescaling(base, mask=mask,
                                                       period=2),
+      "peer": lambda base: Peer(base, mask),
   }
 
 
@@ -98,11 +111,106 @@ SIZES = {
 }
 OPTIMIZERS = {"quick": {"mlp:4096": ["adam", "sgdm", "lamb"]},
               "full": {"mlp:4096": ["adam", "sgdm", "lamb"]}}
-BATCH = {"mlp": 256, "cnn": 8}
+BATCH = {"mlp": 256, "cnn": 8, "resnet": 256, "gpt": 8, "gpt-tiny": 4}
+# One accelerator session (issue 26), in the order its results matter:
+# (kind, width, optimizer, programs, batch). --tiny: the same at toy sizes.
+_MLP_CELLS = ("base", "lawn-tensor", "lawn-unit", "lawn-free", "lawn-lazy",
+              "lawn-lazy-free", "fixnorm", "wrs", "peer")
+DEVICE_SUITE = [
+    ("mlp", 4096, "adam", ("update", "step"), 256, _MLP_CELLS),
+    ("gpt", 768, "adam", ("step",), 8, None),
+    ("resnet", 64, "sgdm", ("step",), 256, None),
+    ("mlp", 4096, "sgdm", ("update", "step"), 256, _MLP_CELLS),
+    ("mlp", 4096, "lamb", ("update", "step"), 256, _MLP_CELLS),
+]
+# CI: each kind of cell once, few variants (every compile costs seconds).
+TINY_SUITE = [
+    ("mlp", 64, "adam", ("update", "step"), 16, ("base", "lawn-tensor",
+                                                  "peer")),
+    ("gpt-tiny", 32, "adam", ("step",), 4, ("base", "lawn-auto-mask",
+                                             "peer-all")),
+    ("resnet", 4, "sgdm", ("step",), 8, ("base", "fixnorm", "peer-all")),
+]
+
+
+class Peer:
+  """The hand-written projection a user would write after
+  ``optax.apply_updates``: ``w <- c w / ||w||`` on the masked leaves, ``c``
+  their norms when it was set up (exact, per tensor). Its state is the base
+  optimizer's and the norms."""
+
+  def __init__(self, base: optax.GradientTransformation, mask):
+    self.base, self.mask = base, mask
+
+  def init(self, params):
+    norms = jax.tree.map(lambda w, m: jnp.linalg.norm(w) if m else None,
+                         params, self.mask)
+    return self.base.init(params), norms
+
+  def update(self, grads, state, params):
+    u, base_state = self.base.update(grads, state[0], params)
+    return u, (base_state, state[1])
+
+  def project(self, params, state):
+    return jax.tree.map(
+        lambda w, m, c: (w * (c / jnp.linalg.norm(w)).astype(w.dtype)
+                         if m else w), params, self.mask, state[1])
+
+
+def _people_variants(masks):
+  """Variants timed on the models people train (full step only)."""
+  lawn = lambda base, mask, **kw: lo.lawn(base, mask=mask, **kw)
+  out = {"base": lambda base: base}
+  if "auto" in masks:   # the LM: LAWN on its final homogeneous set
+    out["lawn-auto-mask"] = lambda base: lawn(base, masks["auto"],
+                                              free_steps=1)
+    out["lawn-auto-mask-free"] = lambda base: lawn(base, masks["auto"],
+                                                   free_steps=NEVER)
+  all_ = masks["all"]
+  out.update({
+      "lawn-all": lambda base: lawn(base, all_, free_steps=1),
+      "lawn-all-lazy": lambda base: lawn(base, all_, free_steps=1,
+                                         retraction="lazy"),
+      "peer-all": lambda base: Peer(base, all_),
+  })
+  if "auto" not in masks:   # the BN CNN: the FixNorm / WRS use
+    out["fixnorm"] = lambda base: lo.fixnorm(base, mask=all_)
+    out["wrs"] = lambda base: lo.weight_rescaling(base, mask=all_, period=1)
+  return out
+
+
+def build_gpt(d: int, batch: int, tiny: bool = False):
+  """A GPT-2-small-shaped nnx LM (d=768: 12 layers, 12 heads, context 1024,
+  vocabulary 50257; ``tiny``: 2 layers, context 16, vocabulary 128) with
+  bf16 compute; its loss, and masks: what ``final_homogeneous`` finds
+  (``"auto"``) and every matrix (``"all"``)."""
+  from flax import nnx
+  vocab, depth, heads, seq = ((128, 2, 2, 16) if tiny else
+                              (50257, 12, 12, 1024))
+  model = models.gpt(vocab, d, depth, heads, seq, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model, nnx.Param)
+  params = state.to_pure_dict()
+  tokens = jax.random.randint(jax.random.key(0), (batch, seq + 1), 0, vocab)
+  auto = lo.masks.final_homogeneous(model, tokens[:1, :-1]).to_pure_dict()
+  every = jax.tree.map(lambda x: x.ndim >= 2, params)
+
+  def loss(p):
+    p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), p)
+    logits = nnx.merge(graphdef, p16)(tokens[:, :-1]).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, tokens[:, 1:]).mean()
+
+  return params, loss, {"auto": auto, "all": every}
 
 
 def build(kind: str, width: int, batch: int):
-  if kind == "mlp":
+  if kind in ("gpt", "gpt-tiny"):
+    return build_gpt(width, batch, tiny=kind == "gpt-tiny")
+  if kind == "resnet":
+    model = models.ResNet((width, 2 * width, 4 * width, 8 * width), 10,
+                          (32, 32, 3))
+    in_shape: tuple[int, ...] = (32 * 32 * 3,)
+  elif kind == "mlp":
     model = models.MLP((width, width, width // 4), 10)
     in_shape: tuple[int, ...] = (784,)
   else:
@@ -123,6 +231,9 @@ def build(kind: str, width: int, batch: int):
       logits = model.apply({"params": p}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
+  if kind == "resnet":   # every conv kernel (the FixNorm / WRS use)
+    convs = lo.masks.by_path(params, r"(.*/)?Conv_\d+/kernel")
+    return params, loss, {"all": convs}
   return params, loss, lo.masks.kernels(params)
 
 
@@ -145,15 +256,36 @@ def _copy(tree):
   return jax.tree.map(jnp.copy, tree)
 
 
+def _programs(tx, loss):
+  """update+apply and the full step of ``tx`` (a Peer projects after the
+  apply)."""
+  post = tx.project if isinstance(tx, Peer) else (lambda p, s: p)
+
+  def update_apply(p, s, g):
+    u, s = tx.update(g, s, p)
+    return post(optax.apply_updates(p, u), s), s
+
+  def train_step(p, s):
+    u, s = tx.update(jax.grad(loss)(p), s, p)
+    return post(optax.apply_updates(p, u), s), s
+
+  return {"update": update_apply, "step": train_step}
+
+
 def time_cell(kind: str, width: int, base: str, batch: int, repeats: int,
-              inner: int = 1):
-  params, loss, mask = build(kind, width, batch)
+              inner: int = 1, what=("update", "step"), only=None):
+  params, loss, masks = build(kind, width, batch)
+  people = isinstance(masks, dict) and "all" in masks
+  mask = masks["all"] if people else masks
   n_params = int(sum(x.size for x in jax.tree.leaves(params)))
   n_masked = int(sum(x.size for x, f in zip(jax.tree.leaves(params),
                                             jax.tree.leaves(mask)) if f))
   grads = jax.grad(loss)(params)
   compiled, inputs, nbytes, temps, extra = {}, {}, {}, {}, {}
-  variants = _variants(mask)
+  variants = _people_variants(masks) if people else _variants(mask)
+  if only:
+    variants = {n: v for n, v in variants.items() if n in only}
+  whats = tuple(what)
   base_state_bytes = None
   for name, make in variants.items():
     tx = make(BASES[base]())
@@ -164,24 +296,14 @@ def time_cell(kind: str, width: int, base: str, batch: int, repeats: int,
     size = int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
     base_state_bytes = size if name == "base" else base_state_bytes
     extra[name] = size - base_state_bytes
-
-    def update_apply(p, s, g, tx=tx):
-      u, s = tx.update(g, s, p)
-      return optax.apply_updates(p, u), s
-
-    def train_step(p, s, tx=tx):
-      u, s = tx.update(jax.grad(loss)(p), s, p)
-      return optax.apply_updates(p, u), s
-
-    fu = jax.jit(update_apply, donate_argnums=(0, 1)).lower(
-        params, state, grads).compile()
-    fs = jax.jit(train_step, donate_argnums=(0, 1)).lower(
-        params, state).compile()
-    compiled[name] = {"update": fu, "step": fs}
-    nbytes[name] = {"update": _bytes(fu), "step": _bytes(fs)}
-    temps[name] = {"update": _temp_bytes(fu), "step": _temp_bytes(fs)}
-    inputs[name] = {"update": (_copy(params), _copy(state)),
-                    "step": (_copy(params), _copy(state))}
+    programs = _programs(tx, loss)
+    compiled[name], nbytes[name], temps[name], inputs[name] = {}, {}, {}, {}
+    for w in whats:
+      args = (params, state, grads) if w == "update" else (params, state)
+      f = jax.jit(programs[w], donate_argnums=(0, 1)).lower(*args).compile()
+      compiled[name][w], nbytes[name][w] = f, _bytes(f)
+      temps[name][w] = _temp_bytes(f)
+      inputs[name][w] = (_copy(params), _copy(state))
 
   def call(name, what, n=1):
     # n calls back to back, blocking once: on an accelerator the dispatch of
@@ -196,24 +318,24 @@ def time_cell(kind: str, width: int, base: str, batch: int, repeats: int,
     inputs[name][what] = jax.block_until_ready(out)
 
   for name in variants:  # warm-up
-    for what in ("update", "step"):
+    for what in whats:
       for _ in range(2):
         call(name, what)
-  times = {n: {"update": [], "step": []} for n in variants}
-  faults = {n: {"update": 0, "step": 0} for n in variants}
+  times: dict = {n: {w: [] for w in whats} for n in variants}
+  faults: dict = {n: {w: 0 for w in whats} for n in variants}
   for _ in range(repeats):
     for name in variants:  # interleaved
-      for what in ("update", "step"):
+      for what in whats:
         f0 = _minor_faults()
         t0 = time.perf_counter()
         call(name, what, inner)
         times[name][what].append((time.perf_counter() - t0) / inner)
         faults[name][what] += (_minor_faults() - f0) / inner
 
-  rows = {}
+  rows: dict = {}
   for name in variants:
     rows[name] = {}
-    for what in ("update", "step"):
+    for what in whats:
       t = np.asarray(times[name][what])
       base_med = float(np.median(times["base"][what]))
       med = float(np.median(t))
@@ -229,6 +351,7 @@ def time_cell(kind: str, width: int, base: str, batch: int, repeats: int,
           "noise": bool(name != "base" and ratio < 0.98),
       }
   return {"model": kind, "width": width, "params": n_params,
+          "programs": list(whats),
           "constrained_params": n_masked, "optimizer": base, "batch": batch,
           "repeats": repeats, "calls_per_repeat": inner, "variants": rows,
           "extra_state_bytes": extra}
@@ -244,15 +367,20 @@ def table(cells) -> str:
     for name, r in c["variants"].items():
       if name == "base":
         continue
-      u, s = r["update"], r["step"]
-      lo_q, hi_q = (q / base["update"]["median_s"] for q in u["iqr_s"])
+      s = r["step"]
       flag = lambda x: " (noise)" if x["noise"] else ""
+      if "update" in r:
+        u = r["update"]
+        lo_q, hi_q = (q / base["update"]["median_s"] for q in u["iqr_s"])
+        upd = (f"{u['bytes_ratio']:.2f} | {u['temp_bytes'] / 2**20:.1f} "
+               f"({u['minor_faults_per_call']:.0f}) | {u['ratio']:.2f} "
+               f"[{lo_q:.2f}-{hi_q:.2f}]{flag(u)}")
+      else:
+        upd = "(step only) | | "
       out.append(
           f"| {c['model']}-{c['width']} | {c['params'] / 1e6:.1f}M "
           f"({100 * c['constrained_params'] / c['params']:.0f}%) | "
-          f"{c['optimizer']} | {name} | {u['bytes_ratio']:.2f} | "
-          f"{u['temp_bytes'] / 2**20:.1f} ({u['minor_faults_per_call']:.0f})"
-          f" | {u['ratio']:.2f} [{lo_q:.2f}-{hi_q:.2f}]{flag(u)} | "
+          f"{c['optimizer']} | {name} | {upd} | "
           f"{s['ratio']:.2f}{flag(s)} | {c['extra_state_bytes'][name]} |")
   return "\n".join(out)
 
@@ -262,6 +390,10 @@ def main(argv=None):
   mode = p.add_mutually_exclusive_group()
   mode.add_argument("--quick", action="store_true")
   mode.add_argument("--full", action="store_true")
+  p.add_argument("--suite", choices=["device"],
+                 help="device: the accelerator session's cells (issue 26)")
+  p.add_argument("--tiny", action="store_true",
+                 help="with --suite: the same cells at toy sizes (CPU, CI)")
   p.add_argument("--repeats", type=int, default=15)
   p.add_argument("--sizes", nargs="+", help="e.g. mlp:4096 cnn:56")
   p.add_argument("--optimizers", nargs="+",
@@ -281,9 +413,11 @@ def main(argv=None):
     sizes = [(s.split(":")[0], int(s.split(":")[1])) for s in args.sizes]
   from tqdm import tqdm
   cells: list[dict] = []
-  plan = [(k, w, o) for k, w in sizes
+  plan = [(k, w, o, ("update", "step"), BATCH[k], None) for k, w in sizes
           for o in (args.optimizers or OPTIMIZERS[preset].get(
               f"{k}:{w}", ["adam", "sgdm"]))]
+  if args.suite:
+    plan = TINY_SUITE if args.tiny else DEVICE_SUITE
   payload = {"environment": common.environment(), "cells": cells,
              "complete": False,
              "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
@@ -294,9 +428,9 @@ def main(argv=None):
                      "branches); temp from XLA's memory analysis; minor page "
                      "faults per call from getrusage."}
   out = Path(args.out)
-  for kind, width, opt in tqdm(plan, desc="cells"):
-    cells.append(time_cell(kind, width, opt, BATCH[kind], args.repeats,
-                           inner))
+  for kind, width, opt, what, batch, only in tqdm(plan, desc="cells"):
+    cells.append(time_cell(kind, width, opt, batch, args.repeats, inner,
+                           what, only))
     path = common.write_json(f"overhead{args.tag}", payload, out)
   payload["complete"] = True
   payload.update(common.provenance_of_code())

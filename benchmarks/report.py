@@ -324,7 +324,19 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--docs", type=Path,
                   help="write the docs results page (Markdown) there")
+  ap.add_argument("--figures", action="store_true",
+                  help="redraw every figure from the committed JSON")
   args = ap.parse_args(argv)
+  if args.figures:
+    from benchmarks import tables
+    for path in _results("generalization_*.json", common.RESULTS):
+      tables.generalization_plots(json.loads(path.read_text()),
+                                  str(path.with_suffix("")))
+    for path in _results("language_model_*.json", common.RESULTS):
+      tables.language_model_plots(json.loads(path.read_text()),
+                                  str(path.with_suffix("")))
+    print("redrew the figures in", common.RESULTS)
+    return
   if args.docs:
     args.docs.write_text(docs_page())
     print(f"wrote {args.docs}")

@@ -140,6 +140,45 @@ def _freeze_epoch(cell: dict[str, Any]) -> float | None:
   return float(np.mean(steps)) / cell["steps"] * cell["epochs"]
 
 
+def auto_freeze_figure(results: dict[str, Any], path: str,
+                       loss_key: str = "train_loss",
+                       x_of=lambda cell, n: np.arange(1, n + 1),
+                       x_label: str = "epoch") -> str | None:
+  """Where ``free_steps="auto"`` (at its default) froze against where the
+  tuned free fraction froze, on the training-loss curve of each batch size
+  (configurations chosen on every seed, mean over seeds)."""
+  reduced = results.get("reduced_budget_cells", {})
+  if not reduced:
+    return None
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  (auto_name, autos), = reduced.items()
+  tuned = {c["batch_size"]: c for c in results["cells"].get("lawn-adam", [])}
+  fig, axes = plt.subplots(1, len(autos), figsize=(5.5 * len(autos), 3.8),
+                           squeeze=False)
+  for ax, auto in zip(axes[0], autos):
+    b = auto["batch_size"]
+    for cell, color, label in ((auto, "C2", "auto (default)"),
+                               (tuned.get(b), "C1", "tuned free fraction")):
+      if cell is None:
+        continue
+      y = cell["curves_selected"][loss_key]
+      ax.plot(x_of(cell, len(y)), y, color=color, label=label)
+      freeze = _freeze_epoch(cell)
+      if freeze is not None:
+        ax.axvline(freeze, color=color, ls=":", lw=1.5)
+    ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(loss_key.replace("_", " "))
+    ax.set_title(f"{results.get('dataset', '')} B={b}: freeze points dotted")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def generalization_plots(results: dict[str, Any], path_prefix: str) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
@@ -204,7 +243,8 @@ def generalization_plots(results: dict[str, Any], path_prefix: str) -> list[str]
   out.append(sensitivity_figure(
       panels, f"{path_prefix}_sensitivity.png",
       f"test {results['metric']} (%)", 100.0))
-  return out
+  auto = auto_freeze_figure(results, f"{path_prefix}_auto_freeze.png")
+  return out + ([auto] if auto else [])
 
 
 

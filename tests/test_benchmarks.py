@@ -347,3 +347,98 @@ def test_retraction_ablation_runs_at_the_protocols_choices():
     assert got["free_frac"] == c["selected"]["free_frac"]
     assert (got["epochs"], got["schedule"]) == (c["epochs"],
                                                 committed["schedule"])
+
+
+def test_code_hash_ignores_documentation_and_sees_code(tmp_path, monkeypatch):
+  mod = tmp_path / "m.py"
+  monkeypatch.setattr(common, "ROOT", tmp_path)
+  mod.write_text('"""Doc."""\n\ndef f(x):\n  """Doc."""\n  return x + 1  # c\n')
+  h0 = common.code_hashes(["m.py"])
+  mod.write_text('"""Other doc."""\n\ndef f(x):\n  """More."""\n  return x + 1\n')
+  assert common.code_hashes(["m.py"]) == h0
+  mod.write_text('"""Doc."""\n\ndef f(x):\n  return x + 2\n')
+  assert common.code_hashes(["m.py"]) != h0
+  assert common.code_hashes(["gone.py"]) == {"gone.py": "missing"}
+
+
+def test_a_stale_table_says_so(tmp_path):
+  """A results file whose code changed since (or that records no hash) is
+  shown with a line saying so, in the README's summary and on the docs
+  page, naming the files that changed."""
+  from benchmarks import report
+  src = common.RESULTS / "generalization_mnist1d_quick.json"
+  r = json.loads(src.read_text())
+  assert report.stale_line(r) is None, "committed results must be current"
+  r["code_files"] = {**r["code_files"], "lawn_optax/lawn.py": "0" * 16}
+  line = report.stale_line(r)
+  assert line.startswith("**Stale") and "`lawn_optax/lawn.py`" in line
+  (tmp_path / src.name).write_text(json.dumps(r))
+  section = report.generalization_section(tmp_path, docs=True)
+  assert section.startswith("**Stale")
+  assert "**Stale" in report.summary_section(tmp_path)
+  del r["code_files"]
+  assert "records no code hash" in report.stale_line(r)
+
+
+def test_overhead_device_suite_tiny(tmp_path):
+  """The accelerator session's step-cost suite (issue 26) at toy sizes: the
+  24M-MLP cell kinds, a GPT-2-shaped nnx LM with the mask final_homogeneous
+  finds, a BN ResNet with every conv constrained, and the hand-written
+  projection as peer; its JSON and table."""
+  overhead.main(["--suite", "device", "--tiny", "--repeats", "2",
+                 "--out", str(tmp_path)])
+  r = json.loads((tmp_path / "overhead.json").read_text())
+  assert r["complete"] and r["code_hash"]
+  kinds = {(c["model"], tuple(c["programs"])) for c in r["cells"]}
+  assert kinds == {("mlp", ("update", "step")), ("gpt-tiny", ("step",)),
+                   ("resnet", ("step",))}
+  for c in r["cells"]:
+    assert any(n.startswith("peer") for n in c["variants"])
+    for row in c["variants"].values():
+      assert row["step"]["bytes"] > 0 and len(row["step"]["times_s"]) == 2
+  gpt = next(c for c in r["cells"] if c["model"] == "gpt-tiny")
+  # The automatic mask is the final norm and the head, not every matrix.
+  assert 0 < gpt["variants"]["lawn-auto-mask"]["step"]["bytes"]
+  assert "lawn-auto-mask" in overhead.table(r["cells"])
+
+
+def test_peer_projection_holds_the_norms():
+  import optax
+  params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+  peer = overhead.Peer(optax.sgd(0.5), {"w": True, "b": False})
+  state = peer.init(params)
+  g = {"w": jnp.arange(6.0).reshape(3, 2), "b": jnp.ones(2)}
+  u, state = peer.update(g, state, params)
+  new = peer.project(optax.apply_updates(params, u), state)
+  assert float(jnp.linalg.norm(new["w"])) == pytest.approx(
+      float(jnp.linalg.norm(params["w"])), rel=1e-6)
+  np.testing.assert_allclose(new["b"], -0.5 * np.ones(2))
+
+
+@pytest.mark.parametrize("job", ["fashion-cnn", "lm-gpu"])
+def test_device_jobs_tiny(job, tmp_path):
+  """Issues 27 and 28's self-sizing accelerator studies, at toy sizes: the
+  protocol end to end (every configuration on every seed, studies), JSON
+  written (and complete), code hash recorded."""
+  from benchmarks import device_jobs
+  device_jobs.main([job, "--tiny", "--out", str(tmp_path)])
+  (path,) = tmp_path.glob("*.json")
+  r = json.loads(path.read_text())
+  assert r["code_hash"] and len(r["studies"]) >= 2
+  if job == "fashion-cnn":
+    assert r["complete"] and r["model"] == "BatchNorm ResNet"
+    assert {c["batch_size"] for cs in r["cells"].values() for c in cs} == {
+        32, 128}
+    assert r["comparisons"] and "calibration" in r
+  else:
+    assert [b["batch_size"] for b in r["batches"]] == [4, 32]
+    assert all(b["comparisons"] for b in r["batches"])
+
+
+def test_size_epochs():
+  from benchmarks import device_jobs
+  assert device_jobs.size_epochs(2.0, 600, programs=2) == 100
+  assert device_jobs.size_epochs(100.0, 60, programs=2) == 1
+  assert device_jobs.size_epochs(1e-3, 600, programs=1) == 200
+  with pytest.raises(ValueError):
+    device_jobs.size_epochs(0.0, 60, programs=1)
