@@ -292,6 +292,42 @@ def language_model_table(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _lm_auto_freeze_figure(results: dict[str, Any], path: str) -> str | None:
+  """The LM's version of :func:`auto_freeze_figure`: training bpc against
+  the step, where ``free_steps="auto"`` froze and where the tuned free
+  fraction froze."""
+  batches = [b for b in results["batches"] if b.get("reduced_budget_cells")]
+  if not batches:
+    return None
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 3.8),
+                           squeeze=False)
+  for ax, b in zip(axes[0], batches):
+    (auto,) = b["reduced_budget_cells"].values()
+    for cell, color, label in ((auto, "C2", "auto (default)"),
+                               (b["cells"].get("lawn-adam"), "C1",
+                                "tuned free fraction")):
+      if cell is None:
+        continue
+      y = cell["curves_selected"]["train_bpc"]
+      x = b["log_every"] * np.arange(1, len(y) + 1)
+      ax.plot(x, y, color=color, label=label)
+      steps = [s for s in cell["per_config"]["frozen_at"][
+          cell["selected_index"]] if s >= 0]
+      if steps:
+        ax.axvline(float(np.mean(steps)), color=color, ls=":", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("train bpc")
+    ax.set_title(f"char-LM B={b['batch_size']}: freeze points dotted")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def language_model_plots(results: dict[str, Any], prefix: str) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
@@ -340,6 +376,7 @@ def language_model_plots(results: dict[str, Any], prefix: str) -> list[str]:
   out.append(sensitivity_figure(
       [(f"B={b['batch_size']}", b["cells"]) for b in results["batches"]],
       f"{prefix}_sensitivity.png", "test bpc", higher_is_better=False))
-  return out
+  auto = _lm_auto_freeze_figure(results, f"{prefix}_auto_freeze.png")
+  return out + ([auto] if auto else [])
 
 
