@@ -58,15 +58,18 @@ def size_epochs(seconds_per_epoch: float, budget_s: float, programs: int,
   return max(at_least, min(at_most, epochs))
 
 
-def _calibrate(task, family: str, batch: int, runs: int) -> float:
-  """Seconds of one epoch of ``runs`` vmapped runs (compilation excluded:
-  the program is run twice)."""
-  runner = generalization.Runner(task, family, batch, 1)
-  fake = [protocol.Run("adam", {"lr": 1e-3}, s % 8) for s in range(runs)]
+def _calibrate(task, family: str, batch: int, runs: int,
+               max_runs: int) -> float:
+  """Seconds of one epoch of ``runs`` vmapped runs, measured on one chunk of
+  at most ``max_runs`` (what fits in memory; compilation excluded: the
+  chunk runs twice) and scaled."""
+  chunk = min(runs, max_runs)
+  runner = generalization.Runner(task, family, batch, 1, max_runs=chunk)
+  fake = [protocol.Run("adam", {"lr": 1e-3}, s % 8) for s in range(chunk)]
   runner(fake)
   t0 = time.perf_counter()
   runner(fake)
-  return time.perf_counter() - t0
+  return (time.perf_counter() - t0) * runs / chunk
 
 
 def fashion_cnn(args) -> dict[str, Any]:
@@ -80,10 +83,14 @@ def fashion_cnn(args) -> dict[str, Any]:
   studies = protocol.make_studies(seeds, 2 if tiny else 4, 2 if not tiny
                                   else 1)
   configs = len(methods) * 18 * len(seeds)
-  # The calibration compiles and runs the full program twice per batch
-  # size: skipped at toy sizes (one epoch).
-  per_epoch = 0.0 if tiny else max(_calibrate(task, "adam", b, configs)
-                                   for b in batches)
+  # Every run's activations live at once in a vmapped program: 32 runs of
+  # the ResNet at batch 8192 hold ~60 GB on the H200.
+  max_runs = {b: max(8, min(configs, 262_144 // b)) for b in batches}
+  # The calibration compiles and runs a chunk twice per batch size:
+  # skipped at toy sizes (one epoch).
+  per_epoch = 0.0 if tiny else sum(
+      _calibrate(task, "adam", b, configs, max_runs[b]) for b in batches
+  ) / len(batches)
   epochs = 1 if tiny else size_epochs(per_epoch, args.budget,
                                       programs=len(batches))
   print(f"one epoch of {configs} runs: {per_epoch:.1f} s -> {epochs} epochs",
@@ -105,7 +112,7 @@ def fashion_cnn(args) -> dict[str, Any]:
   for batch in batches:
     cells, comps, secs, _ = generalization.protocol_cells(
         task, methods, batch, epochs, seeds, studies,
-        max_extensions=0 if tiny else 2)
+        max_extensions=0 if tiny else 2, max_runs=max_runs[batch])
     for n, c in cells.items():
       results["cells"].setdefault(n, []).append(c)
     results["comparisons"] += comps
@@ -128,7 +135,7 @@ def lm_gpu(args) -> dict[str, Any]:
              lrs=protocol.log_grid(1e-3, 3e-2, 6)) if tiny else dict(
                  d=384, depth=4, heads=6, seq=256, batch_sizes=[8, 64],
                  methods=list(lm.method_grids(())), seeds=SEEDS, studies=4,
-                 eval_chars=None, logs=20, max_extensions=1,
+                 eval_chars=None, logs=20, max_extensions=1, max_runs=126,
                  lrs=protocol.log_grid(1e-4, 1e-2, 6))
   if tiny:
     cfg["train_chars"], cfg["epochs"], tokens_per_s = len(corpus.train), 2, 1.0
@@ -164,10 +171,13 @@ def _lm_tokens_per_second(corpus, cfg) -> float:
   runs = [protocol.Run(m, {"lr": lr, **grids[m].fixed}, s)
           for m in cfg["methods"] for lr in cfg["lrs"] for _ in range(3)
           for s in cfg["seeds"]]
-  study.run_many(runs)   # compiles
+  chunk = runs[:cfg.get("max_runs") or len(runs)]   # what fits in memory
+  study.run_many(chunk)   # compiles
   t0 = time.perf_counter()
-  study.run_many(runs)
-  return study.steps * study.batch * study.seq * len(runs) / (
+  study.run_many(chunk)
+  # Tokens per second for one run when every run of the study shares the
+  # device: the chunk's throughput divided by the number of runs.
+  return study.steps * study.batch * study.seq * len(chunk) / (
       time.perf_counter() - t0) / len(runs)
 
 
