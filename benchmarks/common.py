@@ -94,10 +94,26 @@ def code_hash(hashes: dict[str, str]) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _all_code_files() -> list[str]:
+  return sorted(p.relative_to(ROOT).as_posix()
+                for top in ("lawn_optax", "benchmarks")
+                for p in (ROOT / top).rglob("*.py"))
+
+
+# The code as it was when the run started (this module is imported first):
+# editing the tree while a run is in progress does not change what the run
+# records, since the run executes the modules it imported at the start.
+_CODE_AT_START = code_hashes(_all_code_files())
+
+
 def provenance_of_code() -> dict[str, Any]:
   """``code_hash`` and ``code_files`` (file -> hash) for a results file:
-  call it at the end of a run, when every module it used is imported."""
-  files = code_hashes(code_files())
+  call it at the end of a run, when every module it used is imported. Each
+  file's hash is the one it had when the run started."""
+  names = code_files()
+  now = [f for f in names if f not in _CODE_AT_START]
+  files = {f: _CODE_AT_START[f] for f in names if f in _CODE_AT_START}
+  files.update(code_hashes(now))
   return {"code_hash": code_hash(files), "code_files": files}
 
 
