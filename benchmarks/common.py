@@ -29,8 +29,11 @@ def git_commit() -> str:
   try:
     out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                          text=True, cwd=Path(__file__).parent, check=True)
+    # Dirty only where code that changes a number changed (not the pages).
+    pages = [f":(exclude){m.replace('.', '/')}.py" for m in sorted(NOT_HASHED)]
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "lawn_optax",
-                            "benchmarks/*.py"], capture_output=True, text=True,
+                            "benchmarks/*.py", *pages], capture_output=True,
+                           text=True,
                            cwd=Path(__file__).resolve().parents[1]).stdout
     return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
   except (OSError, subprocess.CalledProcessError):

@@ -138,7 +138,8 @@ def _summary_rows(path: Path) -> list[str]:
     for c in comps:
       if (c["a"], c["b"]) != (a, b):
         continue
-      reading = {better: "**LAWN better**", worse: "**LAWN worse**",
+      who = "auto" if a == _AUTO else "LAWN"
+      reading = {better: f"**{who} better**", worse: f"**{who} worse**",
                  "unstable": "*unstable*"}.get(c["verdict"], "no difference")
       digits = 3 if lm else 2
       rows.append(f"| {name} | {c['batch_size']} | "
@@ -151,6 +152,14 @@ def _summary_rows(path: Path) -> list[str]:
   return rows
 
 
+def not_rerun(results_dir: Path = common.RESULTS) -> list[str]:
+  """Studies published under the first (one-study) protocol that have no
+  successor under the current one yet (sorted file names)."""
+  old = results_dir / "legacy" / "first_protocol"
+  return sorted(p.name for p in old.glob("*.json")
+                if not (results_dir / p.name).exists())
+
+
 def summary_section(results_dir: Path = common.RESULTS) -> str:
   """README's short table: every file's headline comparisons (pooled
   difference over seeds, 95% interval, the reading over studies)."""
@@ -158,6 +167,12 @@ def summary_section(results_dir: Path = common.RESULTS) -> str:
   for pattern in ("generalization_*.json", "language_model_*.json"):
     for path in _results(pattern, results_dir):
       rows += _summary_rows(path)
+  missing = not_rerun(results_dir)
+  tail = ([] if not missing else [
+      "", "Not re-run under this protocol yet, so not shown: "
+      + ", ".join(f"`{m}`" for m in missing) + " (their one-study v0.2 "
+      "tables, whose verdicts may not survive a repeated study, are in "
+      "`benchmarks/results/legacy/first_protocol/`)."])
   return "\n".join([
       "| task | batch | difference | pooled [95% CI] | reading |",
       "|---|---|---|---|---|", *rows, "",
@@ -165,7 +180,8 @@ def summary_section(results_dir: Path = common.RESULTS) -> str:
       "selecting on its own seeds) says so and the pooled interval excludes 0; "
       "*unstable* when the studies disagree. Every table, with each study's "
       "difference, the regime (train loss, logit norm) and the sensitivity "
-      "figures: `benchmarks/results/*.md` and the docs' results page."])
+      "figures: `benchmarks/results/*.md` and the docs' results page.",
+      *tail])
 
 
 def _overhead_section(path: Path) -> list[str]:

@@ -361,6 +361,18 @@ def test_code_hash_ignores_documentation_and_sees_code(tmp_path, monkeypatch):
   assert common.code_hashes(["gone.py"]) == {"gone.py": "missing"}
 
 
+def test_provenance_records_the_code_the_run_started_with(monkeypatch):
+  """Editing the tree while a run is in progress must not relabel it: the
+  run executes the modules as imported, so the hash is the start's."""
+  import benchmarks.generalization  # noqa: F401  (a run's imports)
+  before = common.provenance_of_code()
+  assert "benchmarks/generalization.py" in before["code_files"]
+  monkeypatch.setattr(common, "_normalized_source",
+                      lambda path: "edited " + path.name)  # every file edited
+  assert common.provenance_of_code() == before
+  assert common.stale_files(before) == sorted(before["code_files"])
+
+
 def test_a_stale_table_says_so(tmp_path):
   """A results file whose code changed since (or that records no hash) is
   shown with a line saying so, in the README's summary and on the docs
