@@ -115,8 +115,11 @@ def language_model_section(results_dir: Path = common.RESULTS,
 # README's summary: the comparisons a reader asks about first.
 SUMMARY_PAIRS = [("lawn-adam", "adam"), ("lawn-adam", "adamw"),
                  ("lawn-adam (auto, default)", "lawn-adam"),
+                 ("lawn-adam-auto", "lawn-adam"),
                  ("lawn-sgdm", "sgdm"), ("lawn-lamb", "lamb")]
 _AUTO = "lawn-adam-auto (default, lr only)"
+_LABELS = {_AUTO: "free_steps=auto (default) − tuned LAWN-Adam",
+           "lawn-adam-auto": "free_steps=auto (threshold tuned) − tuned LAWN-Adam"}
 
 
 def _summary_rows(path: Path) -> list[str]:
@@ -129,8 +132,8 @@ def _summary_rows(path: Path) -> list[str]:
     better, worse = "lower", "higher"
   else:
     comps = r["comparisons"]
-    name = TITLES.get(r["dataset"], r["dataset"]) + (
-        " (quick)" if "quick" in path.stem else "")
+    name = (TITLES.get(r["dataset"], r["dataset"]) + f", {r['epochs']} epochs"
+            + (" (main job)" if "quick" in path.stem else ""))
     scale, unit, better, worse = 100.0, "points", "higher", "lower"
   rows = []
   for a, b in SUMMARY_PAIRS:
@@ -138,12 +141,12 @@ def _summary_rows(path: Path) -> list[str]:
     for c in comps:
       if (c["a"], c["b"]) != (a, b):
         continue
-      who = "auto" if a == _AUTO else "LAWN"
+      who = "auto" if a in (_AUTO, "lawn-adam-auto") else "LAWN"
       reading = {better: f"**{who} better**", worse: f"**{who} worse**",
                  "unstable": "*unstable*"}.get(c["verdict"], "no difference")
       digits = 3 if lm else 2
       rows.append(f"| {name} | {c['batch_size']} | "
-                  f"{'free_steps=auto (default) − tuned LAWN-Adam' if a == _AUTO else a + ' − ' + b} | "
+                  f"{_LABELS.get(a, a + ' − ' + b)} | "
                   f"{scale * c['mean']:+.{digits}f} [{scale * c['low']:+.{digits}f}, "
                   f"{scale * c['high']:+.{digits}f}] {unit} | {reading} |")
   stale = stale_line(r)
