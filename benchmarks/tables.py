@@ -128,7 +128,28 @@ def generalization_table(results: dict[str, Any], metric: str) -> str:
             c, 100, f"**{a} wins**", f"**{a} loses**"))
       lines.append(f"| {a} − {b_} | " + " | ".join(row) + " |")
     lines += ["", DIFFERENCE_TEXT]
+  edges = edge_choices(results)
+  if edges:
+    lines += ["", "**Still at a grid edge after the last extension** (the "
+              "axis is flat there; the choice may lie beyond the grid): "
+              + "; ".join(edges) + "."]
   return "\n".join(lines)
+
+
+def edge_choices(results: dict[str, Any]) -> list[str]:
+  """Every study's choice that sits at an edge of its grid once the
+  extensions ran out, as ``"method B=b axis=value (n of N studies)"``."""
+  out = []
+  for method, cells in results["cells"].items():
+    for c in cells:
+      for axis in ("lr", c["knob"]):
+        values = sorted(set(c["grid"][axis]))
+        at = [st["selected"][axis] for st in c["studies"]
+              if st["selected"][axis] in (values[0], values[-1])]
+        for v in sorted(set(at)):
+          out.append(f"{method} B={c['batch_size']} {axis}={v:g} "
+                     f"({at.count(v)} of {len(c['studies'])} studies)")
+  return out
 
 
 def _freeze_epoch(cell: dict[str, Any]) -> float | None:

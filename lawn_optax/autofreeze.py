@@ -24,13 +24,14 @@ the benchmarks' (``benchmarks/README.md``); what it gives under the
 comparison protocol is on the results page.
 
 Example:
-  >>> import jax.numpy as jnp, optax, lawn_optax as lo
+  >>> import jax, jax.numpy as jnp, optax, lawn_optax as lo
   >>> tx = lo.lawn_sgd(0.1, free_steps="auto", mask={'w': True})
   >>> params = {'w': jnp.ones((3, 2))}
   >>> state = tx.init(params)
+  >>> update = jax.jit(tx.update)   # as in training: one compilation
   >>> for t in range(200):   # gradients that grow the norm ever more slowly
   ...   g = {'w': -params['w'] / (1.0 + t / 15.0)}
-  ...   u, state = tx.update(g, state, params)
+  ...   u, state = update(g, state, params)
   ...   params = optax.apply_updates(params, u)
   >>> int(lo.frozen_at(state))
   190

@@ -57,12 +57,15 @@ def test_linen_mlp_with_lawn_adam(digits):
     g = jax.grad(lambda p: _xent(model.apply({"params": p}, xtr[idx]),
                                  ytr[idx]))(params)
     u, state = tx.update(g, state, params)
-    return optax.apply_updates(params, u), state
+    params = optax.apply_updates(params, u)
+    # The norm inside the step: eager weight_norms recompiles its cond on
+    # every call (~0.5 s; fixed on branch fix-eager-norm-recompile).
+    return params, state, lo.weight_norms(params, mask)["Dense_2"]["kernel"]
 
   norms = []
   for i in range(STEPS):
-    params, state = step(params, state, i)
-    norms.append(float(lo.weight_norms(params, mask)["Dense_2"]["kernel"]))
+    params, state, norm = step(params, state, i)
+    norms.append(float(norm))
   acc = float((model.apply({"params": params}, xte).argmax(-1) == yte).mean())
   print(f"linen LAWN-Adam digits test accuracy {acc:.3f}; head-kernel norm "
         f"at steps 50/{FREE}/{STEPS}: {norms[50]:.3f} {norms[FREE]:.3f} "
