@@ -74,9 +74,7 @@ def sensitivity_figure(panels: Sequence[tuple[str, dict[str, Any]]],
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, 110)
   return path
 
 
@@ -87,6 +85,14 @@ def _cell_text(c: dict[str, Any]) -> str:
   return (f"{100 * c['test_mean']:.1f} ± {100 * c['test_std']:.1f} "
           f"(L {np.mean(c['final_train_loss']):.2g}, "
           f"z {np.mean(c['final_logit_norm']):.3g})")
+
+
+def _save(fig: Any, path: str, dpi: int) -> None:
+  """Lay out, write and close a figure (every plot here ends so)."""
+  import matplotlib.pyplot as plt
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
 
 
 def generalization_table(results: dict[str, Any], metric: str) -> str:
@@ -194,9 +200,7 @@ def auto_freeze_figure(results: dict[str, Any], path: str,
     ax.set_ylabel(loss_key.replace("_", " "))
     ax.set_title(f"{results.get('dataset', '')} B={b}: freeze points dotted")
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, 110)
   return path
 
 
@@ -223,10 +227,8 @@ def generalization_plots(results: dict[str, Any], path_prefix: str) -> list[str]
   ax.set_ylabel(f"test {results['metric']} (%)")
   ax.set_title(f"{results['dataset']}: base (dashed) vs LAWN (solid)")
   ax.legend(fontsize=8)
-  fig.tight_layout()
   out = [f"{path_prefix}_metric_vs_batch.png"]
-  fig.savefig(out[0], dpi=120)
-  plt.close(fig)
+  _save(fig, out[0], 120)
 
   biggest = max(c["batch_size"] for n in names for c in results["cells"][n])
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -252,10 +254,8 @@ def generalization_plots(results: dict[str, Any], path_prefix: str) -> list[str]
   axes[0].set_yscale("log")
   axes[0].legend(fontsize=7)
   fig.suptitle(f"{results['dataset']}, batch {biggest}: freeze points dotted")
-  fig.tight_layout()
   out.append(f"{path_prefix}_norms.png")
-  fig.savefig(out[1], dpi=120)
-  plt.close(fig)
+  _save(fig, out[1], 120)
   batches = sorted({c["batch_size"] for n in names
                     for c in results["cells"][n]})
   panels = [(f"{results['dataset']}, B={b}",
@@ -343,9 +343,7 @@ def _lm_auto_freeze_figure(results: dict[str, Any], path: str) -> str | None:
     ax.set_ylabel("train bpc")
     ax.set_title(f"char-LM B={b['batch_size']}: freeze points dotted")
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, 110)
   return path
 
 
@@ -373,10 +371,8 @@ def language_model_plots(results: dict[str, Any], prefix: str) -> list[str]:
     fig.suptitle(f"Austen char-LM, batch {b['batch_size']} x "
                  f"{results['config']['seq']}: the configurations chosen on "
                  "every seed, mean over seeds")
-    fig.tight_layout()
     out.append(f"{prefix}_B{b['batch_size']}_curves.png")
-    fig.savefig(out[-1], dpi=110)
-    plt.close(fig)
+    _save(fig, out[-1], 110)
   fig, ax = plt.subplots(figsize=(6, 4))
   methods = list(results["batches"][0]["cells"])
   for i, m in enumerate(methods):
@@ -390,10 +386,8 @@ def language_model_plots(results: dict[str, Any], prefix: str) -> list[str]:
   ax.set_xlabel("batch size (sequences)")
   ax.set_ylabel("test bpc")
   ax.legend(fontsize=7)
-  fig.tight_layout()
   out.append(f"{prefix}_test_vs_batch.png")
-  fig.savefig(out[-1], dpi=110)
-  plt.close(fig)
+  _save(fig, out[-1], 110)
   out.append(sensitivity_figure(
       [(f"B={b['batch_size']}", b["cells"]) for b in results["batches"]],
       f"{prefix}_sensitivity.png", "test bpc", higher_is_better=False))
