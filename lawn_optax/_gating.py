@@ -47,6 +47,17 @@ def with_leaves(leaves: list, idx: list, values: list) -> list:
   return out
 
 
+def cond(pred: Any, true_fn: Any, false_fn: Any, *operands: Any) -> Any:
+  """``lax.cond(pred, true_fn, false_fn, *operands)``, or, where ``pred`` is
+  already known (an eager call, outside any trace), the taken function
+  called directly: an eager ``lax.cond`` would compile its branches again on
+  every call, since they are fresh closures each time (~1 s per call)."""
+  if not isinstance(pred, jax.core.Tracer) and getattr(
+      pred, "is_fully_addressable", True):
+    return true_fn(*operands) if bool(pred) else false_fn(*operands)
+  return jax.lax.cond(pred, true_fn, false_fn, *operands)
+
+
 def branch(pred: jax.Array, act: Any, skip: Any, operands: Any) -> Any:
   """``lax.cond(pred, act, skip, operands)`` that stays a branch in XLA.
 
@@ -57,7 +68,7 @@ def branch(pred: jax.Array, act: Any, skip: Any, operands: Any) -> Any:
   other op; an optimization barrier on ``act``'s result is such an op and
   costs nothing."""
   barrier = lambda ops: jax.lax.optimization_barrier(act(ops))
-  return jax.lax.cond(pred, barrier, skip, operands)
+  return cond(pred, barrier, skip, operands)
 
 
 def gate(pred: jax.Array | None, act: Any, skip: Any, operands: Any) -> Any:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lawn_optax import _tree
+from lawn_optax import _gating, _tree
 from lawn_optax.numerics import leaf_norm, safe_div
 
 REDUCTIONS = ("norm", "median")
@@ -213,7 +213,7 @@ def hutchinson_estimator(reduction: Reduction = "norm", every: int = 10,
 
     nans = lambda: sel.map(lambda _: jnp.full([], jnp.nan, jnp.float32),
                            sel.flags)
-    raw = jax.lax.cond(count % every == 0, hvp_diagonal, nans)
+    raw = _gating.cond(count % every == 0, hvp_diagonal, nans)
     return raw, HutchinsonState(key)
 
   return CurvatureEstimator(

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lawn_optax import _tree
+from lawn_optax import _gating, _tree
 
 __all__ = ["DEFAULT_EPS", "leaf_norm", "norm_of_sum", "norms",
            "radial_coefficient", "rescaled_update", "retract",
@@ -85,8 +85,8 @@ def leaf_norm(x: jax.Array, granularity: _tree.Granularity = "tensor",
     return _unit(m) * _norm_from_squares(
         sum_squares(x, granularity, unit_axis, m))
 
-  return jax.lax.cond(_in_range(ss), lambda _: _norm_from_squares(ss),
-                      rescaled, x)
+  return _gating.cond(_in_range(ss), lambda _: _norm_from_squares(ss),
+                       rescaled, x)
 
 
 # A float32 sum of squares above this is exact enough (its largest terms did
@@ -206,8 +206,8 @@ def radial_coefficient(w: jax.Array, g: jax.Array, granularity: _tree.Granularit
     inner, ss = coefficient((w, ops[1]), m)
     return safe_div(inner, m * ss, 0.0)
 
-  return jax.lax.cond(_in_range(ss), lambda _: safe_div(inner, ss, 0.0),
-                      rescaled, (w, g))
+  return _gating.cond(_in_range(ss), lambda _: safe_div(inner, ss, 0.0),
+                       rescaled, (w, g))
 
 
 def tangent(w: jax.Array, g: jax.Array, granularity: _tree.Granularity = "tensor",

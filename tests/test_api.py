@@ -74,3 +74,60 @@ def test_docs_api_page_documents_every_public_name():
     if inspect.ismodule(obj):
       continue
     assert f"lawn_optax.{name}\n" in api, name
+
+
+def _compiles_on_second_call(fn, caplog) -> list[str]:
+  import logging
+
+  import jax
+  fn()   # warm the caches
+  caplog.clear()
+  with jax.log_compiles(True), caplog.at_level(logging.DEBUG):
+    jax.block_until_ready(fn())
+  return [r.getMessage() for r in caplog.records
+          if "Compiling" in r.getMessage()]
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "unit"])
+def test_eager_diagnostics_do_not_recompile_per_call(caplog, granularity):
+  """weight_norms is called eagerly every step for logging: a second call
+  on the same shapes must hit JAX's caches (it compiled its norm's
+  ``lax.cond`` again on every call, ~0.5 s each: fresh branch closures)."""
+  import jax.numpy as jnp
+  params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+  mask = {"w": True, "b": granularity == "tensor"}
+  call = lambda: lo.weight_norms(params, mask, granularity)
+  assert not _compiles_on_second_call(call, caplog)
+  # ones (4, 3): sqrt(12) per tensor, sqrt(4) per output unit
+  expected = 12 ** 0.5 if granularity == "tensor" else 2.0
+  assert float(jnp.max(call()["w"])) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("method", ["lawn", "lawn_tangent", "wrs",
+                                    "autofreeze"])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_eager_update_does_not_recompile_per_call(caplog, method, frozen):
+  """An un-jitted ``tx.update`` (a notebook, a debugging session) runs each
+  op from JAX's caches: its phase gates and norms must not compile anew on
+  every call (they did: ~1.5 s per eager update)."""
+  import jax.numpy as jnp
+  import optax
+  params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+  grads = {"w": jnp.full((4, 3), 0.1), "b": jnp.full(3, 0.1)}
+  mask = {"w": True, "b": False}
+  base = optax.sgd(0.1)
+  tx = {"lawn": lambda: lo.lawn(base, free_steps=1, mask=mask),
+        "lawn_tangent": lambda: lo.lawn(base, free_steps=1, mask=mask,
+                                        tangent_projection=True),
+        "wrs": lambda: lo.weight_rescaling(base, period=2, mask=mask,
+                                          granularity="tensor"),
+        "autofreeze": lambda: lo.lawn(base, free_steps="auto", mask=mask),
+        }[method]()
+  state = tx.init(params)
+  if frozen:
+    for _ in range(3):
+      _, state = tx.update(grads, state, params)
+  call = lambda: tx.update(grads, state, params)
+  assert not _compiles_on_second_call(call, caplog), method
+
+
