@@ -218,6 +218,7 @@ def test_generalization_protocol_end_to_end(tmp_path):
   json.dumps(results)  # serialisable
 
 
+@pytest.mark.slow   # ~110 s on 2 cores
 def test_overhead_cell_smoke():
   cell = overhead.time_cell("mlp", 16, "adam", batch=8, repeats=3, inner=2)
   assert cell["calls_per_repeat"] == 2
@@ -322,6 +323,7 @@ def _assert_choices_inside(c, path, edges=()):
       ), (path, axis, st["selected"])
 
 
+@pytest.mark.slow   # ~55 s on 2 cores
 def test_cnn_task_carries_batchnorm_statistics_and_lawn_freezes_its_head():
   task = generalization.make_task("digits", (), max_train=128, model="cnn")
   # The head after the last BatchNorm, nothing before it.
@@ -440,7 +442,7 @@ def test_peer_projection_holds_the_norms():
 
 @pytest.mark.parametrize("job", [
     pytest.param("fashion-cnn", marks=pytest.mark.slow),   # ~3 min on 2 cores
-    "lm-gpu"])
+    pytest.param("lm-gpu", marks=pytest.mark.slow)])       # ~50 s
 def test_device_jobs_tiny(job, tmp_path):
   """Issues 27 and 28's self-sizing accelerator studies, at toy sizes: the
   protocol end to end (every configuration on every seed, studies), JSON

@@ -112,10 +112,25 @@ def _build(program, last="none"):
   return fn, params, x
 
 
-@settings(max_examples=100, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
+_FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@settings(max_examples=30, **_FUZZ)
 @given(programs)
 def test_every_returned_mask_passes_the_numerical_check(drawn):
+  """30 random programs in the default run (~30 s on 2 cores)."""
+  _check_program(drawn)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, **_FUZZ)
+@given(programs)
+def test_every_returned_mask_passes_the_numerical_check_thorough(drawn):
+  """200 more (~3.5 min): ``python -m pytest -m slow``."""
+  _check_program(drawn)
+
+
+def _check_program(drawn):
   program, last = drawn
   fn, params, x = _build(program, last)
   with jax.enable_x64(True):

@@ -80,6 +80,7 @@ def tiny_study():
   return lm.run(cfg, corpus, log=lambda _: None)
 
 
+@pytest.mark.slow   # ~60 s on 2 cores (the study's compile)
 def test_study_end_to_end(tiny_study, tmp_path):
   r = tiny_study
   b = r["batches"][0]

@@ -33,9 +33,12 @@ def _run(args, out, timeout=240):
   return proc
 
 
+# One case in the default run; the rest (~50 s each on 2 cores) are slow.
 @pytest.mark.parametrize("method,granularity", [
-    ("lawn", "tensor"), ("lawn", "unit"), ("fixnorm", "tensor"),
-    ("wrs", "unit")])
+    ("lawn", "tensor"),
+    pytest.param("lawn", "unit", marks=pytest.mark.slow),
+    pytest.param("fixnorm", "tensor", marks=pytest.mark.slow),
+    pytest.param("wrs", "unit", marks=pytest.mark.slow)])
 def test_two_processes_equal_one(tmp_path, method, granularity):
   common = ["--method", method, "--granularity", granularity, "--steps", "12",
             "--free-steps", "5"]
@@ -77,6 +80,7 @@ def _launch(args, port, timeout=240):
 COMMON = ["--method", "lawn", "--steps", "12", "--free-steps", "5"]
 
 
+@pytest.mark.slow   # ~220 s on 2 cores
 def test_checkpoint_across_topologies_and_crash_resume(tmp_path):
   """Checkpoints at the freeze step (5) and after it (8); restore 2 -> 1
   processes; SIGKILL one process after step 9 and resume both from 8."""
@@ -127,6 +131,7 @@ def test_checkpoint_across_topologies_and_crash_resume(tmp_path):
                                err_msg=key)
 
 
+@pytest.mark.slow   # ~75 s on 2 cores
 def test_nan_on_one_shard_and_a_mismatched_mask(tmp_path):
   # A NaN in one process's shard of the batch at step 7 (after the freeze):
   # apply_if_finite skips that step on every process alike.

@@ -151,8 +151,21 @@ def problems(draw):
 
 
 @given(problems())
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=10, deadline=None)
 def test_properties_on_random_trees(prob):
+  """10 random problems in the default run (~30 s on 2 cores)."""
+  _check_problem(prob)
+
+
+@pytest.mark.slow
+@given(problems())
+@settings(max_examples=60, deadline=None)
+def test_properties_on_random_trees_thorough(prob):
+  """60 more (~3 min): ``python -m pytest -m slow``."""
+  _check_problem(prob)
+
+
+def _check_problem(prob):
   rng = np.random.default_rng(prob["seed"])
   dtype = jnp.dtype(prob["dtype"])
   names = [f"p{i}" for i in range(len(prob["shapes"]))]
