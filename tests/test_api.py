@@ -129,5 +129,3 @@ def test_eager_update_does_not_recompile_per_call(caplog, method, frozen):
       _, state = tx.update(grads, state, params)
   call = lambda: tx.update(grads, state, params)
   assert not _compiles_on_second_call(call, caplog), method
-
-
