@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Under `pytest -n 2` (addopts: --dist loadgroup) one worker runs the checkpoint scripts (module fixtures) once each, for all the tests that read them.
+pytestmark = pytest.mark.xdist_group("checkpoint")
 SCRIPT = Path(__file__).parent / "scripts" / "checkpoint_check.py"
 ENV = dict(os.environ, PYTHONPATH=str(SCRIPT.parents[2]))
 from tests import registry  # noqa: E402

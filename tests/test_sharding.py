@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+# Under `pytest -n 2` (addopts: --dist loadgroup) one worker runs the 8-device script (a module fixture, ~60 s) and all its tests, instead of each worker running it.
+pytestmark = pytest.mark.xdist_group("sharding")
 SCRIPT = Path(__file__).parent / "scripts" / "sharding_check.py"
 
 
