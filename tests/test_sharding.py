@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-# Under `pytest -n 2` (addopts: --dist loadgroup) one worker runs the 8-device script (a module fixture, ~60 s) and all its tests, instead of each worker running it.
-pytestmark = pytest.mark.xdist_group("sharding")
 SCRIPT = Path(__file__).parent / "scripts" / "sharding_check.py"
 
 
@@ -28,23 +26,26 @@ from tests import registry  # noqa: E402
 METHODS = [m.name for m in registry.METHODS]
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_sharded_update_matches_single_device(result, method):
-  r = result[method]
-  assert r["max_abs_diff"] < 1e-5
-  assert r["updates_keep_param_sharding"] and r["params_keep_sharding"]
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_no_gather_only_norm_reductions(result, method):
-  # Norms need cross-shard sums (all-reduce of scalars / per-unit vectors);
-  # nothing is gathered to one device.
-  r = result[method]
-  assert r["all_gather"] == 0
-  assert r["all_reduce"] >= 1
-
-
-def test_state_shardings_follow_the_norm_granularity(result):
+# One test reads the script's result, so that `pytest -n 2` runs the script
+# (~60 s) once, on one worker; a failure names every method and check that failed.
+def test_every_method_shards_like_one_device(result):
+  failed = {}
+  for method in METHODS:
+    r = result[method]
+    checks = {
+        # The sharded update and state equal the single-device ones.
+        "matches single device": r["max_abs_diff"] < 1e-5,
+        "updates and params keep the params' sharding":
+            r["updates_keep_param_sharding"] and r["params_keep_sharding"],
+        # Norms need cross-shard sums (all-reduce of scalars / per-unit
+        # vectors); nothing is gathered to one device.
+        "no all-gather": r["all_gather"] == 0,
+        "norms all-reduced": r["all_reduce"] >= 1,
+    }
+    if bad := [name for name, ok in checks.items() if not ok]:
+      failed[method] = (bad, {k: r[k] for k in ("max_abs_diff", "all_gather",
+                                                "all_reduce")})
+  assert not failed, failed
   # One norm per tensor: a replicated scalar. One norm per output unit: the
   # (1, out) vector stays split over the 'model' axis like the kernels' outputs.
   for spec in result["lawn_adam"]["target_specs"].values():

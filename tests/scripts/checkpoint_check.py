@@ -1,11 +1,12 @@
 """Save/restore a full train state with orbax across processes.
 
-usage: checkpoint_check.py DIR run|resume SAVE_STEP
+usage: checkpoint_check.py DIR run|resume SAVE_STEP [SAVE_STEP ...]
   run:    for every method, train TOTAL steps from scratch, checkpoint after
-          SAVE_STEP steps, write the final params and state to
+          each SAVE_STEP steps, write the final params and state to
           DIR/final_run_METHOD.npz.
-  resume: (fresh process) restore each checkpoint, train to TOTAL, write
-          DIR/final_resume_METHOD.npz.
+  resume: (fresh process) restore each method's checkpoint at each
+          SAVE_STEP, train to TOTAL, write DIR/final_resume_SAVE_STEP_METHOD.npz.
+One process per mode for all save steps: each method's step compiles once.
 """
 
 import sys
@@ -20,7 +21,8 @@ import lawn_optax as lo
 from tests import registry
 
 TOTAL, FREE = 12, 5
-directory, mode, save_step = sys.argv[1], sys.argv[2], int(sys.argv[3])
+directory, mode = sys.argv[1], sys.argv[2]
+save_steps = [int(a) for a in sys.argv[3:]]
 
 rng = np.random.default_rng(0)
 X = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
@@ -62,26 +64,35 @@ def check(method):
     return optax.apply_updates(params, u), state
 
   ckpt = ocp.StandardCheckpointer()
-  path = f"{directory}/ckpt_{method}"
+
+  def path(save_step):
+    return f"{directory}/ckpt_{method}_{save_step}"
+
+  def train(params, state, start, save=()):
+    for t in range(start, TOTAL):
+      if t in save:
+        ckpt.save(path(t), {"params": params, "opt_state": state,
+                            "step": jnp.asarray(t, jnp.int32)})
+        ckpt.wait_until_finished()
+      params, state = step(params, state, jnp.asarray(t))
+    return params, state
+
+  def write(name, params, state):
+    flat = {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path((params, state))}
+    np.savez(f"{directory}/{name}_{method}.npz", **flat)
+
   if mode == "run":
-    params, state, start = params0, tx.init(params0), 0
-  else:
-    abstract = {"params": params0, "opt_state": tx.init(params0),
-                "step": jnp.zeros([], jnp.int32)}
-    restored = ckpt.restore(path, jax.tree.map(
+    write("final_run", *train(params0, tx.init(params0), 0, save_steps))
+    return
+  abstract = {"params": params0, "opt_state": tx.init(params0),
+              "step": jnp.zeros([], jnp.int32)}
+  for save_step in save_steps:
+    restored = ckpt.restore(path(save_step), jax.tree.map(
         ocp.utils.to_shape_dtype_struct, abstract))
-    params, state = restored["params"], restored["opt_state"]
-    start = int(restored["step"])
-    assert start == save_step
-  for t in range(start, TOTAL):
-    if mode == "run" and t == save_step:
-      ckpt.save(path, {"params": params, "opt_state": state,
-                       "step": jnp.asarray(t, jnp.int32)})
-      ckpt.wait_until_finished()
-    params, state = step(params, state, jnp.asarray(t))
-  flat = {jax.tree_util.keystr(k): np.asarray(v)
-          for k, v in jax.tree_util.tree_leaves_with_path((params, state))}
-  np.savez(f"{directory}/final_{mode}_{method}.npz", **flat)
+    assert int(restored["step"]) == save_step
+    write(f"final_resume_{save_step}", *train(
+        restored["params"], restored["opt_state"], save_step))
 
 
 for name in TXS:
