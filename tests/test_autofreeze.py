@@ -109,10 +109,11 @@ def test_one_compilation_and_a_traced_threshold():
   # A traced threshold, set per run: the vmapped benchmarks' way.
   def run(threshold):
     tx = lo.lawn_sgd(LR, mask=MASK, free_steps=lo.AutoFreeze(threshold, 5))
-    p, s = _params(), tx.init(_params())
-    for t in range(80):
+    def step(t, carry):   # a loop, not 80 unrolled steps: compiles in seconds
+      p, s = carry
       u, s = tx.update(_grads(p, t), s, p)
-      p = optax.apply_updates(p, u)
+      return optax.apply_updates(p, u), s
+    _, s = jax.lax.fori_loop(0, 80, step, (_params(), tx.init(_params())))
     return lo.frozen_at(s)
   got = jax.jit(jax.vmap(run))(jnp.asarray([0.3, 0.5]))
   want = [reference_freeze(th, 5, 80)[0] for th in (0.3, 0.5)]

@@ -1,6 +1,8 @@
 """Notebook hygiene: badge, install cell, knobs, outputs stripped in git.
 
-(The docs build executes them, in their small mode: docs/conf.py.)"""
+(The docs build executes them, in their small mode: docs/conf.py; the
+large-batch notebook there reads the committed results, and its live sweep
+runs here, in the slow set.)"""
 
 from pathlib import Path
 
@@ -32,3 +34,26 @@ def test_notebook_conventions(path):
   for c in code:
     assert not c.get("outputs") and c.get("execution_count") is None, (
         "outputs must be stripped before committing")
+
+
+@pytest.mark.slow   # ~80 s on 2 cores
+def test_large_batch_live_sweep_runs(monkeypatch):
+  """The docs show large_batch.ipynb on the committed results; its live sweep
+  (what a user without them, or with recompute=True, runs) runs here, small,
+  its code cells executed in order in this process."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  path = next(p for p in NOTEBOOKS if p.name == "large_batch.ipynb")
+  monkeypatch.setenv("LAWN_NOTEBOOK_SMALL", "1")
+  monkeypatch.setenv("LAWN_NOTEBOOK_RECOMPUTE", "1")
+  monkeypatch.chdir(path.parent)
+  scope: dict = {}
+  for cell in nbformat.read(path, as_version=4).cells:
+    if cell.cell_type == "code":
+      exec(compile(cell.source, f"{path.name}", "exec"), scope)
+  plt.close("all")
+  assert scope["recompute"] and sorted(scope["sweep"]["cells"]) == ["adam",
+                                                                    "lawn-adam"]
+  assert [c["batch_size"] for c in scope["sweep"]["cells"]["adam"]] == [128, 4000]
+  assert scope["free"]["cells"]["lawn-adam"][0]["grid"]["free_frac"]
