@@ -21,8 +21,8 @@ for job in "${jobs[@]}"; do
     quick) run quick python -m benchmarks.generalization --out benchmarks/results ;;
     mnist1d) run mnist1d python -m benchmarks.generalization --preset mnist1d --out benchmarks/results ;;
     retraction) run retraction python -m benchmarks.retraction --out benchmarks/results ;;
-    sgd) run sgd python -m benchmarks.generalization --preset mnist1d-sgd-lamb --out benchmarks/results ;;
-    fashion) run fashion python -m benchmarks.generalization --preset fashion-cpu --out benchmarks/results ;;
+    sgd) run sgd python -m benchmarks.generalization --preset mnist1d-sgd-lamb --epochs 20 --max-extensions 4 --out benchmarks/results ;;
+    fashion) run fashion python -m benchmarks.generalization --preset fashion-cpu --optimizers adam adamw lawn-adam lawn-adam-auto --out benchmarks/results ;;
     movielens) run movielens python -m benchmarks.generalization --preset movielens-cpu --out benchmarks/results ;;
     lm) run lm python -m benchmarks.language_model --cpu --out benchmarks/results ;;
     lm12k) run lm12k python -m benchmarks.language_model --preset cpu-12k --out benchmarks/results ;;
