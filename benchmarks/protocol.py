@@ -108,18 +108,27 @@ def _from_line(t: float, scale: str) -> float:
 
 
 def extend_grid(values: Sequence[float], side: str, scale: str = "log"
-                ) -> float:
+                ) -> float | None:
   """The next value past the ``side`` (``"low"``/``"high"``) edge of a
   sorted grid, one outermost step further on the knob's ``scale``; rounded
-  to 3 significant digits (of ``1 - x`` near 1)."""
+  to 3 significant digits (of ``1 - x`` near 1). ``"log1m"`` knobs (betas,
+  momentum) live in [0, 1): a step below 0 stops at 0.0, and ``None`` says
+  the low side is exhausted (the grid already holds 0.0)."""
   if scale not in KNOB_SCALES:
     raise ValueError(f"scale must be one of {KNOB_SCALES}, got {scale!r}")
+  if side not in ("low", "high"):
+    raise ValueError(f"side must be 'low' or 'high', got {side!r}")
   v = sorted(values)
   if len(v) < 2:
     raise ValueError("a grid needs >= 2 values to be extended")
   a, b = (v[0], v[1]) if side == "low" else (v[-1], v[-2])
   ta, tb = _to_line(a, scale), _to_line(b, scale)
-  new = _from_line(ta + (ta - tb), scale)
+  t = ta + (ta - tb)
+  if scale == "log1m" and t < 0.0:   # below x = 0, the domain's end
+    if a <= 0.0:
+      return None
+    t = 0.0
+  new = _from_line(t, scale)
   # Round to 3 significant digits of the distance to the domain's end that
   # matters (1 - x for betas: 0.9999 stays 0.9999, not 1.0).
   if scale == "log1m":
@@ -127,6 +136,18 @@ def extend_grid(values: Sequence[float], side: str, scale: str = "log"
   if scale == "logit" and new > 0.5:
     return 1.0 - float(f"{1.0 - new:.3g}")
   return float(f"{new:.3g}")
+
+
+def _extend(values: Sequence[float], side: str, scale: str
+            ) -> tuple[str, float]:
+  """``extend_grid`` on ``side``, or on the other side where ``side`` has
+  reached the domain's end (the method keeps its equal budget)."""
+  new = extend_grid(values, side, scale)
+  if new is None:
+    side = "high" if side == "low" else "low"
+    new = extend_grid(values, side, scale)
+  assert new is not None   # a domain has at most one closed end
+  return side, new
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float = 0.05,
@@ -363,14 +384,16 @@ def tune(grids: dict[str, MethodGrid],
       if grow_lr:
         side = _extension_side(lrs[m], [p["lr"] for p in at[m]["picks"]],
                                at[m]["lr"])
-        new_lrs = [extend_grid(lrs[m], side, "log")]
+        side, new_lr = _extend(lrs[m], side, "log")
+        new_lrs = [new_lr]
         t.extensions[m].append({"round": round_ + 1, "axis": "lr",
                                 "side": side, "value": new_lrs[0],
                                 "chosen_at_edge": bool(at[m]["lr"])})
       if grow_knob:
         side = _extension_side(knobs[m], [p[g.knob] for p in at[m]["picks"]],
                                at[m][g.knob])
-        new_knobs = [extend_grid(knobs[m], side, g.knob_scale)]
+        side, new_knob = _extend(knobs[m], side, g.knob_scale)
+        new_knobs = [new_knob]
         t.extensions[m].append({"round": round_ + 1, "axis": g.knob,
                                 "side": side, "value": new_knobs[0],
                                 "chosen_at_edge": bool(at[m][g.knob])})

@@ -63,6 +63,38 @@ def test_extend_grid_on_each_scale():
     protocol.extend_grid([1, 2], "low", "linear")
 
 
+def test_extend_grid_never_leaves_the_knobs_domain():
+  # beta2 and momentum live in [0, 1): one log1m step below 0.9 is 0.0 and
+  # there is nothing below 0.0 (it went to -9.0: Adam's b2 grid of the
+  # committed main job held b2 = -9.0, momentum -0.6 in SGD-m's).
+  assert protocol.extend_grid([0.9, 0.99, 0.999], "low", "log1m") == 0.0
+  assert protocol.extend_grid([0.2, 0.6, 0.8], "low", "log1m") == 0.0
+  assert protocol.extend_grid([0.0, 0.9, 0.99], "low", "log1m") is None
+  assert protocol.extend_grid([0.0, 0.9, 0.99], "high", "log1m") == 0.999
+  with pytest.raises(ValueError, match="side"):
+    protocol.extend_grid([0.9, 0.99], "left", "log1m")
+
+
+def test_tune_extends_the_other_side_when_one_is_at_the_domains_end():
+  # Every study picks the smallest b2; once 0.0 is in the grid the low side
+  # is exhausted: the method keeps its equal budget on the high side.
+  def run_many(runs):
+    return [{"val": -abs(math.log(r.config["lr"] / 4e-3))
+             - r.config.get("b2", 0.0)
+             - abs(math.log(r.config.get("k", 2.0) / 2.0)),
+             "test": 0.5 + r.seed / 100} for r in runs]
+
+  grids = {"a": MethodGrid(LRS, "b2", (0.9, 0.99, 0.999), {}, "log1m"),
+           "b": MethodGrid(LRS, "k", (1.0, 2.0, 4.0))}
+  t = protocol.tune(grids, run_many, "val", range(8), STUDIES,
+                    higher_is_better=True, max_extensions=3,
+                    log=lambda _: None)
+  b2s = sorted({c["b2"] for c in t.configs["a"]})
+  assert min(b2s) == 0.0 and all(0.0 <= v < 1.0 for v in b2s)
+  assert [(e["side"], e["value"]) for e in t.extensions["a"]] == [
+      ("low", 0.0), ("high", 0.9999), ("high", 0.99999)]
+  assert len(t.configs["a"]) == len(t.configs["b"]) == 6 * 6
+
 def test_make_studies_have_disjoint_selection_seeds():
   st = protocol.make_studies(range(8), 4, 2)
   assert [s["selection_seeds"] for s in st] == [[0, 1], [2, 3], [4, 5], [6, 7]]
