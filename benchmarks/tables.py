@@ -134,28 +134,38 @@ def generalization_table(results: dict[str, Any], metric: str) -> str:
             c, 100, f"**{a} wins**", f"**{a} loses**"))
       lines.append(f"| {a} − {b_} | " + " | ".join(row) + " |")
     lines += ["", DIFFERENCE_TEXT]
-  edges = edge_choices(results)
-  if edges:
-    lines += ["", "**Still at a grid edge after the last extension** (the "
-              "axis is flat there; the choice may lie beyond the grid): "
-              + "; ".join(edges) + "."]
+  lines += _edge_lines(results)
   return "\n".join(lines)
 
 
 def edge_choices(results: dict[str, Any]) -> list[str]:
   """Every study's choice that sits at an edge of its grid once the
   extensions ran out, as ``"method B=b axis=value (n of N studies)"``."""
+  if "batches" in results:   # the language model's layout
+    cells = [(m, c, b["batch_size"]) for b in results["batches"]
+             for m, c in b["cells"].items()]
+  else:
+    cells = [(m, c, c["batch_size"]) for m, cs in results["cells"].items()
+             for c in cs]
   out = []
-  for method, cells in results["cells"].items():
-    for c in cells:
-      for axis in ("lr", c["knob"]):
-        values = sorted(set(c["grid"][axis]))
-        at = [st["selected"][axis] for st in c["studies"]
-              if st["selected"][axis] in (values[0], values[-1])]
-        for v in sorted(set(at)):
-          out.append(f"{method} B={c['batch_size']} {axis}={v:g} "
-                     f"({at.count(v)} of {len(c['studies'])} studies)")
+  for method, c, batch in cells:
+    for axis in ("lr", c["knob"]):
+      values = sorted(set(c["grid"][axis]))
+      at = [st["selected"][axis] for st in c["studies"]
+            if st["selected"][axis] in (values[0], values[-1])]
+      for v in sorted(set(at)):
+        out.append(f"{method} B={batch} {axis}={v:g} "
+                   f"({at.count(v)} of {len(c['studies'])} studies)")
   return out
+
+
+def _edge_lines(results: dict[str, Any]) -> list[str]:
+  edges = edge_choices(results)
+  if not edges:
+    return []
+  return ["", "**Still at a grid edge after the last extension** (the axis "
+          "is flat there; the choice may lie beyond the grid): "
+          + "; ".join(edges) + "."]
 
 
 def _freeze_epoch(cell: dict[str, Any]) -> float | None:
@@ -310,6 +320,7 @@ def language_model_table(results: dict[str, Any]) -> str:
             "> 0 when validation turned up) at the end of training, averaged "
             f"alike. {PROTOCOL_TEXT}", "",
             DIFFERENCE_TEXT]
+  lines += _edge_lines(results)
   return "\n".join(lines)
 
 

@@ -299,13 +299,28 @@ def test_committed_results_follow_the_protocol():
   for path in lms:
     r = json.loads(path.read_text())
     assert r["code_hash"] and len(r["seeds"]) >= 8, path
+    edges = tables.edge_choices(r)
     for b in r["batches"]:
       for c in b["cells"].values():
-        _assert_choices_inside(c, path)
+        _assert_choices_inside(c, path, edges)
+    if edges:
+      assert "Still at a grid edge" in tables.language_model_table(r), path
   legacy = next((common.RESULTS / "legacy").glob("generalization_*.json"))
   with pytest.raises(ValueError, match="predates the comparison protocol"):
     report._generalization_section(legacy)
 
+
+def test_edge_choices_in_both_layouts():
+  cell = {"knob": "b2", "grid": {"lr": [1.0, 2.0, 3.0],
+                                 "b2": [0.9, 0.99, 0.999]},
+          "studies": [{"selected": {"lr": 1.0, "b2": 0.99}},
+                      {"selected": {"lr": 2.0, "b2": 0.999}},
+                      {"selected": {"lr": 1.0, "b2": 0.99}}]}
+  want = ["adam B=8 lr=1 (2 of 3 studies)", "adam B=8 b2=0.999 (1 of 3 studies)"]
+  assert tables.edge_choices({"cells": {"adam": [{**cell, "batch_size": 8}]}}
+                             ) == want
+  assert tables.edge_choices({"batches": [{"batch_size": 8,
+                                           "cells": {"adam": cell}}]}) == want
 
 def _assert_choices_inside(c, path, edges=()):
   assert {len(r) for r in c["per_config"][next(iter(c["per_config"]))]} == {
