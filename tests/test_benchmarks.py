@@ -288,7 +288,7 @@ def test_committed_results_follow_the_protocol():
     for cs in r["cells"].values():
       for c in cs:
         budgets.setdefault(c["batch_size"], set()).add(c["num_configs"])
-        _assert_choices_inside(c, path, edges)
+        _assert_choices_inside(c, path, edges, r["max_extensions"])
     if edges:   # a choice left at an edge is said under the table
       assert "Still at a grid edge" in tables.generalization_table(
           r, r["metric"]), path
@@ -302,7 +302,9 @@ def test_committed_results_follow_the_protocol():
     edges = tables.edge_choices(r)
     for b in r["batches"]:
       for c in b["cells"].values():
-        _assert_choices_inside(c, path, edges)
+        # language_model.run's default when the preset sets none
+        _assert_choices_inside(c, path, edges,
+                               r["config"].get("max_extensions", 2))
     if edges:
       assert "Still at a grid edge" in tables.language_model_table(r), path
   legacy = next((common.RESULTS / "legacy").glob("generalization_*.json"))
@@ -322,7 +324,7 @@ def test_edge_choices_in_both_layouts():
   assert tables.edge_choices({"batches": [{"batch_size": 8,
                                            "cells": {"adam": cell}}]}) == want
 
-def _assert_choices_inside(c, path, edges=()):
+def _assert_choices_inside(c, path, edges=(), max_extensions=None):
   assert {len(r) for r in c["per_config"][next(iter(c["per_config"]))]} == {
       len(c["seeds"])}, path
   for axis in ("lr", c["knob"]):
@@ -331,9 +333,11 @@ def _assert_choices_inside(c, path, edges=()):
     assert values[0] < c["selected"][axis] < values[-1], (path, axis)
     for st in c["studies"]:
       v = st["selected"][axis]
-      # Inside, or at an edge once the extensions ran out, and then listed.
+      # Inside, or at an edge once the extension rounds ran out (the
+      # last round extended this cell), and then listed under the table.
       assert values[0] < v < values[-1] or (
-          len(c["extensions"]) >= 1 and c["extensions"][-1]["chosen_at_edge"]
+          c["extensions"] and max_extensions is not None
+          and c["extensions"][-1]["round"] == max_extensions
           and any(e.split(" (")[0].endswith(f"{axis}={v:g}") for e in edges)
       ), (path, axis, st["selected"])
 
