@@ -324,6 +324,7 @@ def test_edge_choices_in_both_layouts():
   assert tables.edge_choices({"batches": [{"batch_size": 8,
                                            "cells": {"adam": cell}}]}) == want
 
+
 def _assert_choices_inside(c, path, edges=(), max_extensions=None):
   assert {len(r) for r in c["per_config"][next(iter(c["per_config"]))]} == {
       len(c["seeds"])}, path

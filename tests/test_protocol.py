@@ -95,6 +95,7 @@ def test_tune_extends_the_other_side_when_one_is_at_the_domains_end():
       ("low", 0.0), ("high", 0.9999), ("high", 0.99999)]
   assert len(t.configs["a"]) == len(t.configs["b"]) == 6 * 6
 
+
 def test_make_studies_have_disjoint_selection_seeds():
   st = protocol.make_studies(range(8), 4, 2)
   assert [s["selection_seeds"] for s in st] == [[0, 1], [2, 3], [4, 5], [6, 7]]
