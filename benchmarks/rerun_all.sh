@@ -23,7 +23,7 @@ for job in "${jobs[@]}"; do
     retraction) run retraction python -m benchmarks.retraction --out benchmarks/results ;;
     sgd) run sgd python -m benchmarks.generalization --preset mnist1d-sgd-lamb --epochs 20 --max-extensions 4 --out benchmarks/results ;;
     fashion) run fashion python -m benchmarks.generalization --preset fashion-cpu --optimizers adam adamw lawn-adam lawn-adam-auto --max-extensions 4 --out benchmarks/results ;;
-    movielens) run movielens python -m benchmarks.generalization --preset movielens-cpu --max-extensions 4 --out benchmarks/results ;;
+    movielens) run movielens python -m benchmarks.generalization --preset movielens-cpu --epochs 4 --max-extensions 4 --out benchmarks/results ;;
     lm) run lm python -m benchmarks.language_model --cpu --out benchmarks/results ;;
     lm12k) run lm12k python -m benchmarks.language_model --preset cpu-12k --out benchmarks/results ;;
     *) echo "unknown job $job" >&2; exit 2 ;;
