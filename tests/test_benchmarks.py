@@ -285,10 +285,11 @@ def test_committed_results_follow_the_protocol():
     assert all(not a & b for i, a in enumerate(sel) for b in sel[i + 1:])
     budgets: dict[int, set[int]] = {}   # batch size -> configurations
     edges = tables.edge_choices(r)
-    for cs in r["cells"].values():
+    for method, cs in r["cells"].items():
       for c in cs:
         budgets.setdefault(c["batch_size"], set()).add(c["num_configs"])
-        _assert_choices_inside(c, path, edges, r["max_extensions"])
+        _assert_choices_inside(c, path, f"{method} B={c['batch_size']}",
+                               edges, r["max_extensions"])
     if edges:   # a choice left at an edge is said under the table
       assert "Still at a grid edge" in tables.generalization_table(
           r, r["metric"]), path
@@ -301,10 +302,10 @@ def test_committed_results_follow_the_protocol():
     assert r["code_hash"] and len(r["seeds"]) >= 8, path
     edges = tables.edge_choices(r)
     for b in r["batches"]:
-      for c in b["cells"].values():
+      for method, c in b["cells"].items():
         # language_model.run's default when the preset sets none
-        _assert_choices_inside(c, path, edges,
-                               r["config"].get("max_extensions", 2))
+        _assert_choices_inside(c, path, f"{method} B={b['batch_size']}",
+                               edges, r["config"].get("max_extensions", 2))
     if edges:
       assert "Still at a grid edge" in tables.language_model_table(r), path
   legacy = next((common.RESULTS / "legacy").glob("generalization_*.json"))
@@ -325,7 +326,8 @@ def test_edge_choices_in_both_layouts():
                                            "cells": {"adam": cell}}]}) == want
 
 
-def _assert_choices_inside(c, path, edges=(), max_extensions=None):
+def _assert_choices_inside(c, path, cell_name, edges=(),
+                           max_extensions=None):
   assert {len(r) for r in c["per_config"][next(iter(c["per_config"]))]} == {
       len(c["seeds"])}, path
   for axis in ("lr", c["knob"]):
@@ -333,13 +335,15 @@ def _assert_choices_inside(c, path, edges=(), max_extensions=None):
     assert len(values) >= (6 if axis == "lr" else 3), (path, axis)
     # Every study's choice and the choice on every seed (the figures'):
     # inside, or at an edge once the extension rounds ran out (the last
-    # round extended this cell), and then listed under the table.
+    # round extended this cell), and then listed under the table for
+    # this very cell.
     for selected in [c["selected"]] + [st["selected"] for st in c["studies"]]:
       v = selected[axis]
       assert values[0] < v < values[-1] or (
           c["extensions"] and max_extensions is not None
           and c["extensions"][-1]["round"] == max_extensions
-          and any(e.split(" (")[0].endswith(f"{axis}={v:g}") for e in edges)
+          and any(e.split(" (")[0] == f"{cell_name} {axis}={v:g}"
+                  for e in edges)
       ), (path, axis, selected)
 
 
