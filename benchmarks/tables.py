@@ -138,9 +138,11 @@ def generalization_table(results: dict[str, Any], metric: str) -> str:
   return "\n".join(lines)
 
 
-def edge_choices(results: dict[str, Any]) -> list[str]:
+def edge_cells(results: dict[str, Any]
+               ) -> list[tuple[str, int, str, float, int, int]]:
   """Every study's choice that sits at an edge of its grid once the
-  extensions ran out, as ``"method B=b axis=value (n of N studies)"``."""
+  extensions ran out, as ``(method, batch, axis, value, studies that chose
+  it, studies)``."""
   if "batches" in results:   # the language model's layout
     cells = [(m, c, b["batch_size"]) for b in results["batches"]
              for m, c in b["cells"].items()]
@@ -153,10 +155,15 @@ def edge_choices(results: dict[str, Any]) -> list[str]:
       values = sorted(set(c["grid"][axis]))
       at = [st["selected"][axis] for st in c["studies"]
             if st["selected"][axis] in (values[0], values[-1])]
-      for v in sorted(set(at)):
-        out.append(f"{method} B={batch} {axis}={v:g} "
-                   f"({at.count(v)} of {len(c['studies'])} studies)")
+      out += [(method, batch, axis, v, at.count(v), len(c["studies"]))
+              for v in sorted(set(at))]
   return out
+
+
+def edge_choices(results: dict[str, Any]) -> list[str]:
+  """:func:`edge_cells` as ``"method B=b axis=value (n of N studies)"``."""
+  return [f"{method} B={batch} {axis}={v:g} ({n} of {total} studies)"
+          for method, batch, axis, v, n, total in edge_cells(results)]
 
 
 def _edge_lines(results: dict[str, Any]) -> list[str]:

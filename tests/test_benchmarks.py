@@ -284,12 +284,12 @@ def test_committed_results_follow_the_protocol():
     sel = [set(st["selection_seeds"]) for st in r["studies"]]
     assert all(not a & b for i, a in enumerate(sel) for b in sel[i + 1:])
     budgets: dict[int, set[int]] = {}   # batch size -> configurations
-    edges = tables.edge_choices(r)
+    edges = tables.edge_cells(r)
     for method, cs in r["cells"].items():
       for c in cs:
         budgets.setdefault(c["batch_size"], set()).add(c["num_configs"])
-        _assert_choices_inside(c, path, f"{method} B={c['batch_size']}",
-                               edges, r["max_extensions"])
+        _assert_choices_inside(c, path, (method, c["batch_size"]), edges,
+                               r["max_extensions"])
     if edges:   # a choice left at an edge is said under the table
       assert "Still at a grid edge" in tables.generalization_table(
           r, r["metric"]), path
@@ -300,12 +300,12 @@ def test_committed_results_follow_the_protocol():
   for path in lms:
     r = json.loads(path.read_text())
     assert r["code_hash"] and len(r["seeds"]) >= 8, path
-    edges = tables.edge_choices(r)
+    edges = tables.edge_cells(r)
     for b in r["batches"]:
       for method, c in b["cells"].items():
         # language_model.run's default when the preset sets none
-        _assert_choices_inside(c, path, f"{method} B={b['batch_size']}",
-                               edges, r["config"].get("max_extensions", 2))
+        _assert_choices_inside(c, path, (method, b["batch_size"]), edges,
+                               r["config"].get("max_extensions", 2))
     if edges:
       assert "Still at a grid edge" in tables.language_model_table(r), path
   legacy = next((common.RESULTS / "legacy").glob("generalization_*.json"))
@@ -326,7 +326,7 @@ def test_edge_choices_in_both_layouts():
                                            "cells": {"adam": cell}}]}) == want
 
 
-def _assert_choices_inside(c, path, cell_name, edges=(),
+def _assert_choices_inside(c, path, cell, edges=(),
                            max_extensions=None):
   assert {len(r) for r in c["per_config"][next(iter(c["per_config"]))]} == {
       len(c["seeds"])}, path
@@ -342,8 +342,7 @@ def _assert_choices_inside(c, path, cell_name, edges=(),
       assert values[0] < v < values[-1] or (
           c["extensions"] and max_extensions is not None
           and c["extensions"][-1]["round"] == max_extensions
-          and any(e.split(" (")[0] == f"{cell_name} {axis}={v:g}"
-                  for e in edges)
+          and any(e[:4] == (*cell, axis, v) for e in edges)
       ), (path, axis, selected)
 
 
