@@ -66,7 +66,7 @@ def sensitivity_figure(panels: Sequence[tuple[str, dict[str, Any]]],
       half = scale * np.asarray(sens["half_width"])
       ax.plot(sens["lr"], mean, marker="o", ms=3, color=f"C{i}",
               ls="-" if m.startswith("lawn") else "--",
-              label=f"{m} ({sens['knob']}={sens['knob_value']:g})")
+              label=f"{m} ({sens['knob']}={number(sens['knob_value'])})")
       ax.fill_between(sens["lr"], mean - half, mean + half, color=f"C{i}",
                       alpha=0.15, lw=0)
     ax.set_xscale("log")
@@ -160,9 +160,15 @@ def edge_cells(results: dict[str, Any]
   return out
 
 
+def number(value: float) -> str:
+  """A grid value with the digits that tell it from its neighbours
+  (``:g`` prints b2 = 0.9999999 as 1)."""
+  return f"{value:.10g}"
+
+
 def edge_choices(results: dict[str, Any]) -> list[str]:
   """:func:`edge_cells` as ``"method B=b axis=value (n of N studies)"``."""
-  return [f"{method} B={batch} {axis}={v:g} ({n} of {total} studies)"
+  return [f"{method} B={batch} {axis}={number(v)} ({n} of {total} studies)"
           for method, batch, axis, v, n, total in edge_cells(results)]
 
 

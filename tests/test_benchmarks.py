@@ -326,6 +326,17 @@ def test_edge_choices_in_both_layouts():
                                            "cells": {"adam": cell}}]}) == want
 
 
+def test_edge_choices_keep_the_digits_that_tell_values_apart():
+  # 0.9999999 printed with :g reads "b2=1", a degenerate Adam that the grid
+  # never holds; a decay of 1e-08 must stay 1e-08.
+  cell = {"knob": "b2", "batch_size": 64,
+          "grid": {"lr": [1.0, 2.0, 3.0], "b2": [0.99999, 0.999999, 0.9999999]},
+          "studies": [{"selected": {"lr": 2.0, "b2": 0.9999999}}]}
+  assert tables.edge_choices({"cells": {"lamb": [cell]}}) == [
+      "lamb B=64 b2=0.9999999 (1 of 1 studies)"]
+  assert tables.number(1e-08) == "1e-08" and tables.number(0.0158) == "0.0158"
+
+
 def _assert_choices_inside(c, path, cell, edges=(),
                            max_extensions=None):
   assert {len(r) for r in c["per_config"][next(iter(c["per_config"]))]} == {
