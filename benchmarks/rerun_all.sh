@@ -21,7 +21,7 @@ for job in "${jobs[@]}"; do
     quick) run quick python -m benchmarks.generalization --out benchmarks/results ;;
     mnist1d) run mnist1d python -m benchmarks.generalization --preset mnist1d --out benchmarks/results ;;
     retraction) run retraction python -m benchmarks.retraction --out benchmarks/results ;;
-    sgd) run sgd python -m benchmarks.generalization --preset mnist1d-sgd-lamb --epochs 15 --max-extensions 4 --out benchmarks/results ;;
+    sgd) run sgd python -m benchmarks.generalization --preset mnist1d-sgd-lamb --batch-sizes 64 512 --epochs 15 --max-extensions 4 --out benchmarks/results ;;
     fashion) run fashion python -m benchmarks.generalization --preset fashion-cpu --optimizers adam adamw lawn-adam lawn-adam-auto --batch-sizes 256 1024 --epochs 6 --max-extensions 4 --out benchmarks/results ;;
     movielens) run movielens python -m benchmarks.generalization --preset movielens-cpu --batch-sizes 256 1024 --epochs 2 --max-extensions 4 --out benchmarks/results ;;
     lm) run lm python -m benchmarks.language_model --cpu --out benchmarks/results ;;
