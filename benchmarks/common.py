@@ -65,11 +65,14 @@ def code_files(modules: Any = None) -> list[str]:
   pages), sorted. ``modules``: module names (default: ``sys.modules``)."""
   names = sys.modules if modules is None else modules
   files = set()
-  for name in names:
+  for key in names:
+    mod = sys.modules.get(key)
+    # `python -m benchmarks.x` runs x as "__main__": hash it by its real name.
+    spec = getattr(mod, "__spec__", None)
+    name = spec.name if key == "__main__" and spec is not None else key
     top = name.split(".")[0]
     if top not in ("lawn_optax", "benchmarks") or name in NOT_HASHED:
       continue
-    mod = sys.modules.get(name)
     path = getattr(mod, "__file__", None)
     if path and path.endswith(".py"):
       p = Path(path).resolve()

@@ -337,6 +337,7 @@ def run(cfg: dict[str, Any], corpus: data.Corpus, log=print) -> dict[str, Any]:
                               "chapters of Persuasion and Northanger Abbey; "
                               "test: their odd chapters"},
           "lawn_mask": str(mask), "schedule": cfg.get("schedule", "cosine"),
+          "max_extensions": cfg.get("max_extensions", 2),
           "batches": batches, "environment": common.environment()}
 
 

@@ -55,7 +55,9 @@ PROTOCOL_TEXT = (
     "learning rates x >= 3 values of its own second hyper-parameter) and "
     "warmup + cosine decay; every configuration runs on every seed; each of "
     "several studies selects on validation over its own seeds (disjoint "
-    "between studies) and reports test on the other seeds, paired by seed; "
+    "between studies; within one standard error of the best, the second "
+    "knob nearest its default) and reports test on the other seeds, paired "
+    "by seed; "
     "a grid is extended while any study's choice of either axis sits at its "
     "edge (every method gets as many extra values); a difference is a win or "
     "a loss only when every study agrees and the pooled 95% interval "
@@ -269,11 +271,32 @@ class Tuning(NamedTuple):
 
 
 def _select(configs: list[dict], vals: list[list[float]], seed_idx: list[int],
-            higher_is_better: bool) -> int:
-  """Index of the configuration with the best mean validation metric over
-  the seeds at ``seed_idx`` (the first such on ties; diverged ones lose)."""
+            higher_is_better: bool, grid: MethodGrid | None = None) -> int:
+  """Index of the configuration chosen on the seeds at ``seed_idx``.
+
+  By the one-standard-error rule: among the configurations whose mean
+  validation metric is within one standard error of the best, the one whose
+  knob is nearest (in grid steps) the middle of ``grid``'s initial knob
+  values, and the best mean at that knob (the nearer-to-best one when two
+  knob values are equally near). A knob leaves its default only when the
+  data says so beyond the noise: on a flat axis (a decay too small to act)
+  the best mean sits at an edge by luck, and chasing it extends the grid for
+  ever. The standard error is the median over configurations of the
+  seed-to-seed standard deviation, over sqrt(number of seeds); with one
+  seed, or no ``grid``, the best mean is chosen. Diverged ones lose."""
   scores = [_score([v[j] for j in seed_idx], higher_is_better) for v in vals]
-  return int(np.argmax(scores))
+  best = int(np.argmax(scores))
+  if grid is None or len(seed_idx) < 2 or not math.isfinite(scores[best]):
+    return best
+  spreads = [float(np.std([v[j] for j in seed_idx], ddof=1))
+             for v, s in zip(vals, scores) if math.isfinite(s)]
+  se = float(np.median(spreads)) / math.sqrt(len(seed_idx))
+  knobs = sorted({c[grid.knob] for c in configs})
+  middle = sorted(grid.knob_values)[len(grid.knob_values) // 2]
+  centre = knobs.index(min(knobs, key=lambda k: abs(k - middle)))
+  rank = {k: abs(i - centre) for i, k in enumerate(knobs)}
+  tied = [i for i, s in enumerate(scores) if s >= scores[best] - se]
+  return min(tied, key=lambda i: (rank[configs[i][grid.knob]], -scores[i], i))
 
 
 def selections(t: Tuning) -> dict[str, dict[str, int]]:
@@ -283,12 +306,13 @@ def selections(t: Tuning) -> dict[str, dict[str, int]]:
   out = {}
   for m, cfgs in t.configs.items():
     vals = t.metrics[m][t.selection_metric]
+    g = t.grids[m]
     choice = {f"study {k}": _select(cfgs, vals, [pos[s] for s in
                                                  st["selection_seeds"]],
-                                    t.higher_is_better)
+                                    t.higher_is_better, g)
               for k, st in enumerate(t.studies)}
     choice["all"] = _select(cfgs, vals, list(range(len(t.seeds))),
-                            t.higher_is_better)
+                            t.higher_is_better, g)
     out[m] = choice
   return out
 

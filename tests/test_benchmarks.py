@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import struct
+import sys
 import zlib
 
 import jax
@@ -417,6 +418,25 @@ def test_provenance_records_the_code_the_run_started_with(monkeypatch):
                       lambda path: "edited " + path.name)  # every file edited
   assert common.provenance_of_code() == before
   assert common.stale_files(before) == sorted(before["code_files"])
+
+
+def test_code_files_include_the_module_run_with_python_m(monkeypatch):
+  """``python -m benchmarks.generalization`` runs that module as
+  ``__main__``; its code (the methods' grids, the training program) decides
+  the numbers, so it must be hashed like an imported module (it was not: the
+  committed tables recorded no hash of their own script)."""
+  import importlib.machinery
+  import types
+  for name, path, hashed in [
+      ("benchmarks.language_model", "benchmarks/language_model.py", True),
+      ("benchmarks.report", "benchmarks/report.py", False)]:
+    main = types.ModuleType("__main__")
+    main.__file__ = str(common.ROOT / path)
+    main.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    assert (path in common.code_files()) is hashed, path
+    assert (path in common.provenance_of_code()["code_files"]) is hashed
 
 
 def test_a_stale_table_says_so(tmp_path):

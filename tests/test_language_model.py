@@ -83,6 +83,7 @@ def tiny_study():
 @pytest.mark.slow   # ~60 s on 2 cores (the study's compile)
 def test_study_end_to_end(tiny_study, tmp_path):
   r = tiny_study
+  assert r["max_extensions"] == 0   # recorded: the protocol's rounds
   b = r["batches"][0]
   assert b["steps"] == b["log_every"] * 4
   assert b["tokens"] == b["steps"] * 4 * 16

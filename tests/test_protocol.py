@@ -340,3 +340,56 @@ def test_build_optimizer_runs_vmapped_over_hyperparameters():
     protocol.stack_hps([{"learning_rate": 1.0}])
   with pytest.raises(ValueError, match="family"):
     protocol.build_optimizer("rmsprop", hps, MASK, MASK, 1, SCHED)
+
+
+def _noisy_runner(val_of):
+  """Validation ``val_of(config)`` plus a seed's noise (+-1, alternating),
+  so every configuration has the same seed-to-seed spread."""
+  def run_many(runs):
+    return [{"val": val_of(r.config) + (1.0 if r.seed % 2 else -1.0),
+             "test": 0.0} for r in runs]
+  return run_many
+
+
+def test_a_flat_knob_stays_at_its_default_and_the_grid_does_not_chase_noise():
+  """On a knob that does not matter (a decay too small to act), the best
+  mean on two selection seeds sits at an edge by luck; chasing it extended
+  the grid for ever and left the choice at the edge. Within one standard
+  error of the best, the knob nearest the grid's initial middle wins, and
+  the learning rate is the best one at that knob."""
+  grid = MethodGrid(LRS, "wd", (0.01, 0.1, 1.0), knob_scale="log")
+  # 0.05 better at the low edge: far inside the noise (SE = 1.41 / sqrt 2).
+  val = lambda c: (-abs(math.log(c["lr"] / 4e-3))
+                   + (0.05 if c["wd"] == 0.01 else 0.0))
+  t = protocol.tune({"a": grid}, _noisy_runner(val), "val", range(8), STUDIES,
+                    higher_is_better=True, max_extensions=3,
+                    log=lambda _: None)
+  assert t.extensions["a"] == []
+  picks = [t.configs["a"][i] for i in protocol.selections(t)["a"].values()]
+  assert all(p == {"lr": 4e-3, "wd": 0.1} for p in picks)
+
+
+def test_a_knob_that_matters_beyond_the_noise_is_chosen_and_extended():
+  grid = MethodGrid(LRS, "wd", (0.01, 0.1, 1.0), knob_scale="log")
+  val = lambda c: -abs(math.log(c["lr"] / 4e-3)) - 3 * math.log10(c["wd"])
+  t = protocol.tune({"a": grid}, _noisy_runner(val), "val", range(8), STUDIES,
+                    higher_is_better=True, max_extensions=2,
+                    log=lambda _: None)
+  assert [(e["axis"], e["side"], e["value"]) for e in t.extensions["a"]] == [
+      ("wd", "low", 0.001), ("wd", "low", 0.0001)]
+  picks = [t.configs["a"][i] for i in protocol.selections(t)["a"].values()]
+  assert all(p == {"lr": 4e-3, "wd": 0.0001} for p in picks)
+
+
+def test_one_selection_seed_is_plain_argmax():
+  """No spread to measure on one seed: the best mean is chosen."""
+  grid = MethodGrid(LRS, "wd", (0.01, 0.1, 1.0), knob_scale="log")
+  val = lambda c: (-abs(math.log(c["lr"] / 4e-3))
+                   + (0.05 if c["wd"] == 0.01 else 0.0))
+  t = protocol.tune({"a": grid}, _noisy_runner(val), "val", range(4),
+                    protocol.make_studies(range(4), 2, 1),
+                    higher_is_better=True, max_extensions=0,
+                    log=lambda _: None)
+  picks = [t.configs["a"][i] for k, i in protocol.selections(t)["a"].items()
+           if k != "all"]
+  assert all(p == {"lr": 4e-3, "wd": 0.01} for p in picks)
