@@ -565,14 +565,18 @@ def method_records(t: Tuning, test_metric: str,
 
 def sensitivity(record: dict[str, Any], metric_key: str | None = None,
                 higher_is_better: bool = True) -> dict[str, Any]:
-  """Test metric vs learning rate at the method's best knob value (the one
-  whose best learning rate has the best validation mean over every seed):
-  learning rates, mean over seeds and the 95% t-band of that mean."""
+  """Test metric vs learning rate at the method's chosen knob value (the
+  all-seed choice, ``record["selected"]``; without one, the knob whose best
+  learning rate has the best validation mean over every seed): learning
+  rates, mean over seeds and the 95% t-band of that mean."""
   knob, grid = record["knob"], record["grid"]
-  val = np.asarray(record["val_mean_per_config"])
-  score = val if higher_is_better else -val
-  score = np.where(np.isfinite(score), score, -np.inf)
-  best_knob = grid[knob][int(np.argmax(score))]
+  if "selected" in record:
+    best_knob = record["selected"][knob]
+  else:
+    val = np.asarray(record["val_mean_per_config"])
+    score = val if higher_is_better else -val
+    score = np.where(np.isfinite(score), score, -np.inf)
+    best_knob = grid[knob][int(np.argmax(score))]
   idx = sorted((i for i, k in enumerate(grid[knob]) if k == best_knob),
                key=lambda i: grid["lr"][i])
   metric_key = metric_key or record["test_metric"]

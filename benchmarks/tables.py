@@ -52,7 +52,7 @@ def sensitivity_figure(panels: Sequence[tuple[str, dict[str, Any]]],
                        path: str, ylabel: str, scale: float = 1.0,
                        higher_is_better: bool = True) -> str:
   """One panel per cell: test metric vs learning rate, one line per method
-  at its best knob value, mean over seeds with a 95% band (LAWN variants
+  at its chosen knob value, mean over seeds with a 95% band (LAWN variants
   solid, the rest dashed). ``panels``: (title, {method: record})."""
   import matplotlib
   matplotlib.use("Agg")

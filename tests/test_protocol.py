@@ -256,6 +256,10 @@ def test_sensitivity_takes_the_best_knob_and_a_t_band():
          "per_config": {"test": [[1, 1], [2, 2], [3, 5], [4, 4]]}}
   s = protocol.sensitivity(rec)
   assert s["knob_value"] == 7 and s["lr"] == [1, 2]
+  # A record says which configuration was chosen (the one-standard-error
+  # rule may keep the knob at its default): the figure shows that knob.
+  chosen = protocol.sensitivity({**rec, "selected": {"lr": 2, "k": 5}})
+  assert chosen["knob_value"] == 5 and chosen["mean"] == [1.0, 2.0]
   assert s["mean"] == [4.0, 4.0]
   assert s["half_width"] == pytest.approx([12.706 * math.sqrt(2) / math.sqrt(2),
                                            0.0])
