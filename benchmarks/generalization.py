@@ -13,7 +13,7 @@ its figures (or ``$LAWN_OPTAX_RESULTS``, or ``--out DIR``). Its committed twin
 is ``benchmarks/results/generalization_mnist1d_quick.json``: the same
 command gives the same numbers on the same CPU and versions (checked: two
 runs at two commits gave identical tables). About 9 minutes on this project's
-2-core CPU (520 s idle; 35 epochs, 2 extension rounds).
+2-core CPU (547 s beside another run; 35 epochs, one extension round).
 
 Protocol (per dataset and batch size = one *cell*): the same epoch budget at
 every batch size; a validation split carved from the training set; every
