@@ -3,7 +3,7 @@
 # --out benchmarks/results (each job's log in .runs/, progress in
 # .runs/progress.log). Jobs: quick mnist1d retraction sgd fashion movielens
 # lm lm12k (default: all, in that order; ~4 h on 2 CPU cores alone, about
-# 2 h 15 min as two queues side by side).
+# 2 h as two queues side by side).
 # Then: python -m benchmarks.report (README) and the docs build.
 set -u
 cd "$(dirname "$0")/.."
