@@ -2,7 +2,7 @@
 # Re-runs committed comparisons at the current code, one after another, with
 # --out benchmarks/results (each job's log in .runs/, progress in
 # .runs/progress.log). Jobs: quick mnist1d retraction sgd fashion movielens
-# lm lm12k (default: all, in that order; ~4 h on 2 CPU cores alone, about
+# lm lm12k (default: all, in that order; ~3 h on 2 CPU cores alone, about
 # 2 h as two queues side by side).
 # Then: python -m benchmarks.report (README) and the docs build.
 set -u
