@@ -256,13 +256,13 @@ def test_sensitivity_takes_the_best_knob_and_a_t_band():
          "per_config": {"test": [[1, 1], [2, 2], [3, 5], [4, 4]]}}
   s = protocol.sensitivity(rec)
   assert s["knob_value"] == 7 and s["lr"] == [1, 2]
+  assert s["mean"] == [4.0, 4.0]
+  assert s["half_width"] == pytest.approx([12.706 * math.sqrt(2) / math.sqrt(2),
+                                           0.0])
   # A record says which configuration was chosen (the one-standard-error
   # rule may keep the knob at its default): the figure shows that knob.
   chosen = protocol.sensitivity({**rec, "selected": {"lr": 2, "k": 5}})
   assert chosen["knob_value"] == 5 and chosen["mean"] == [1.0, 2.0]
-  assert s["mean"] == [4.0, 4.0]
-  assert s["half_width"] == pytest.approx([12.706 * math.sqrt(2) / math.sqrt(2),
-                                           0.0])
 
 
 def test_pad_runs():
@@ -355,18 +355,24 @@ def _noisy_runner(val_of):
   return run_many
 
 
+WD_GRID = MethodGrid(LRS, "wd", (0.01, 0.1, 1.0), knob_scale="log")
+
+
+def _flat_wd(c):
+  """Peaks at lr 4e-3; the low-edge decay 0.05 better, far inside the noise
+  of two seeds (SE = 1.41 / sqrt 2)."""
+  return (-abs(math.log(c["lr"] / 4e-3))
+          + (0.05 if c["wd"] == 0.01 else 0.0))
+
+
 def test_a_flat_knob_stays_at_its_default_and_the_grid_does_not_chase_noise():
   """On a knob that does not matter (a decay too small to act), the best
   mean on two selection seeds sits at an edge by luck; chasing it extended
   the grid for ever and left the choice at the edge. Within one standard
   error of the best, the knob nearest the grid's initial middle wins, and
   the learning rate is the best one at that knob."""
-  grid = MethodGrid(LRS, "wd", (0.01, 0.1, 1.0), knob_scale="log")
-  # 0.05 better at the low edge: far inside the noise (SE = 1.41 / sqrt 2).
-  val = lambda c: (-abs(math.log(c["lr"] / 4e-3))
-                   + (0.05 if c["wd"] == 0.01 else 0.0))
-  t = protocol.tune({"a": grid}, _noisy_runner(val), "val", range(8), STUDIES,
-                    higher_is_better=True, max_extensions=3,
+  t = protocol.tune({"a": WD_GRID}, _noisy_runner(_flat_wd), "val", range(8),
+                    STUDIES, higher_is_better=True, max_extensions=3,
                     log=lambda _: None)
   assert t.extensions["a"] == []
   picks = [t.configs["a"][i] for i in protocol.selections(t)["a"].values()]
@@ -374,10 +380,9 @@ def test_a_flat_knob_stays_at_its_default_and_the_grid_does_not_chase_noise():
 
 
 def test_a_knob_that_matters_beyond_the_noise_is_chosen_and_extended():
-  grid = MethodGrid(LRS, "wd", (0.01, 0.1, 1.0), knob_scale="log")
   val = lambda c: -abs(math.log(c["lr"] / 4e-3)) - 3 * math.log10(c["wd"])
-  t = protocol.tune({"a": grid}, _noisy_runner(val), "val", range(8), STUDIES,
-                    higher_is_better=True, max_extensions=2,
+  t = protocol.tune({"a": WD_GRID}, _noisy_runner(val), "val", range(8),
+                    STUDIES, higher_is_better=True, max_extensions=2,
                     log=lambda _: None)
   assert [(e["axis"], e["side"], e["value"]) for e in t.extensions["a"]] == [
       ("wd", "low", 0.001), ("wd", "low", 0.0001)]
@@ -387,10 +392,7 @@ def test_a_knob_that_matters_beyond_the_noise_is_chosen_and_extended():
 
 def test_one_selection_seed_is_plain_argmax():
   """No spread to measure on one seed: the best mean is chosen."""
-  grid = MethodGrid(LRS, "wd", (0.01, 0.1, 1.0), knob_scale="log")
-  val = lambda c: (-abs(math.log(c["lr"] / 4e-3))
-                   + (0.05 if c["wd"] == 0.01 else 0.0))
-  t = protocol.tune({"a": grid}, _noisy_runner(val), "val", range(4),
+  t = protocol.tune({"a": WD_GRID}, _noisy_runner(_flat_wd), "val", range(4),
                     protocol.make_studies(range(4), 2, 1),
                     higher_is_better=True, max_extensions=0,
                     log=lambda _: None)
