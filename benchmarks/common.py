@@ -133,6 +133,62 @@ def stale_files(results: dict[str, Any]) -> list[str] | None:
   return sorted(f for f in recorded if now[f] != recorded[f])
 
 
+# XLA:CPU splits a large contraction's sum (a weight gradient's sum over the
+# batch) across its intra-op threads, one per CPU the process may run on, so
+# a run's last bits depend on how many CPUs it sees: the same study at 1 and
+# 2 CPUs differs in 130 of its per-seed metrics, while another
+# PYTHONHASHSEED or another process loading the cores changes none
+# (tests/test_determinism.py). No XLA flag sets that thread count
+# (--xla_cpu_multi_thread_eigen=false does not), so a study pins itself to
+# this many CPUs before JAX starts: the same numbers on every machine with
+# at least that many, whatever else it has. 0 turns it off.
+CPU_THREADS = int(os.environ.get("LAWN_OPTAX_CPU_THREADS", "1"))
+_PINNED: dict[str, Any] = {"cpu_threads": None, "why": "not asked"}
+
+
+def pin_cpu_threads(n: int = CPU_THREADS) -> dict[str, Any]:
+  """Restrict this process to ``n`` CPUs before JAX's CPU backend starts
+  (it sizes its thread pool then), and remember it for :func:`environment`.
+
+  Returns ``{"cpu_threads": n, "why": ...}``; ``cpu_threads`` is None where
+  nothing was pinned (``n == 0``, no ``sched_setaffinity``, or the backend
+  had already started, as inside a test process) and ``why`` says so.
+  """
+  from jax._src import xla_bridge  # no public query for it
+  allowed = sorted(os.sched_getaffinity(0)) if hasattr(
+      os, "sched_getaffinity") else []
+  if n <= 0:
+    why = "LAWN_OPTAX_CPU_THREADS=0"
+  elif not allowed or not hasattr(os, "sched_setaffinity"):
+    why = "this OS cannot restrict a process's CPUs"
+  elif xla_bridge.backends_are_initialized():
+    why = "JAX's backend had already started"
+  elif len(allowed) < n:
+    why = f"only {len(allowed)} CPUs available"
+  else:
+    os.sched_setaffinity(0, set(allowed[:n]))
+    _PINNED.update(cpu_threads=n, why="pinned before JAX started")
+    return dict(_PINNED)
+  _PINNED.update(cpu_threads=None, why=why)
+  return dict(_PINNED)
+
+
+def cpu_flags() -> list[str]:
+  """The vector-instruction flags of this CPU that XLA:CPU compiles for
+  (AVX2, FMA, the AVX-512 subsets, AMX): two machines that both say "AMD
+  EPYC" can differ here, and so can their last bits."""
+  try:
+    text = Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return []
+  for line in text.splitlines():
+    if line.startswith("flags"):
+      return sorted(f for f in line.split(":", 1)[1].split()
+                    if f in ("avx", "avx2", "fma", "f16c") or
+                    f.startswith(("avx512", "amx", "avx_vnni")))
+  return []
+
+
 def _version(module: str) -> str | None:
   from importlib import metadata
   try:
@@ -168,6 +224,10 @@ def environment() -> dict[str, Any]:
       "mnist1d": _version("mnist1d"),
       "python": platform.python_version(),
       "cpu_model": cpu_model(),
+      "cpu_flags": cpu_flags(),
+      "cpu_threads": _PINNED["cpu_threads"],
+      "cpu_threads_note": _PINNED["why"],
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "backend": jax.default_backend(),
       "device_kind": dev.device_kind,
       "device_count": jax.device_count(),

@@ -15,6 +15,9 @@ set -u
 JOBS=${*:-"step_cost"}
 R=$OUT/results; mkdir -p "$R"
 export PYTHONUNBUFFERED=1
+# The studies pin themselves to one CPU for bit-reproducible CPU runs
+# (benchmarks/common.py); an accelerator's host keeps all of its CPUs.
+export LAWN_OPTAX_CPU_THREADS=0
 pack() { tar czf "$OUT/results.tgz" -C "$OUT" results; }
 job() {  # job NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2

@@ -560,6 +560,7 @@ def make_task(dataset: str, hidden, max_train=None, path=None,
 
 
 def main(argv=None):
+  common.pin_cpu_threads()  # the same bits on any machine (common.py)
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   mode = p.add_mutually_exclusive_group()
   mode.add_argument("--quick", action="store_true", help="default; CPU-sized")

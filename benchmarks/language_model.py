@@ -342,6 +342,7 @@ def run(cfg: dict[str, Any], corpus: data.Corpus, log=print) -> dict[str, Any]:
 
 
 def main(argv=None):
+  common.pin_cpu_threads()  # the same bits on any machine (common.py)
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   mode = p.add_mutually_exclusive_group()
   mode.add_argument("--quick", action="store_true", help="default")

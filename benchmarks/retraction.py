@@ -41,6 +41,7 @@ def _protocol_choices(path: Path) -> dict[int, dict]:
 
 
 def main(argv=None):
+  common.pin_cpu_threads()  # the same bits on any machine (common.py)
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--from", dest="source",
                   default=str(common.RESULTS / "generalization_mnist1d.json"),

@@ -46,6 +46,23 @@ class Adam:
     return -self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
 
 
+class Lamb:
+  """You et al.: Adam's direction rescaled per tensor to ``||w|| / ||u||``
+  (1 where either norm is 0), then ``-lr`` (optax.lamb, no weight decay)."""
+
+  needs_params = True
+
+  def __init__(self, lr, b1=0.9, b2=0.999, eps=1e-6):
+    self.lr = lr
+    self.adam = Adam(1.0, b1, b2, eps)
+
+  def step(self, g, w):
+    u = -self.adam.step(g)  # the direction, before the learning rate
+    wn, un = np.linalg.norm(w), np.linalg.norm(u)
+    ratio = wn / un if wn > 0 and un > 0 else 1.0
+    return -self.lr * ratio * u
+
+
 def tangent(g, w, granularity):
   if granularity == "tensor":
     return g - (np.sum(g * w) / np.sum(w * w)) * w
@@ -71,7 +88,9 @@ def lawn_trajectory(params, grad_fn, make_opt, *, free_steps, mask, steps,
       gk = g[k]
       if mask[k] and tangent_projection and t >= free_steps:
         gk = tangent(gk, w[k], granularity)
-      u = opts[k].step(gk)
+      opt = opts[k]
+      u = opt.step(gk, w[k]) if getattr(opt, "needs_params", False) else \
+          opt.step(gk)
       new = w[k] + u
       if mask[k] and t >= free_steps:
         if t == free_steps:

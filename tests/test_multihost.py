@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import tolerance
+
+pytestmark = pytest.mark.numerics
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,6 +26,20 @@ def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
+
+
+def assert_two_orders_agree(got, want, steps, err_msg=""):
+  """Two runs of benchmarks.multihost that reduce in different orders (two
+  processes vs one, another mesh): within twice the float32 error model's
+  bound (tests/tolerance.py). The largest reduction is a kernel gradient's
+  batch x fan-in sum (32 x 64 terms); three reductions enter a step (the
+  forward and backward contractions and the norm); relative to the
+  largest weight. It assumes Adam's m / sqrt(v) is well conditioned (no
+  gradient entry at its own rounding level), as in these smooth runs."""
+  bound = tolerance.reduction_bound(32 * 64, float(np.max(np.abs(want))),
+                                    reductions=3, steps=steps)
+  np.testing.assert_allclose(got, want, rtol=0, atol=2 * bound,
+                             err_msg=err_msg)
 
 
 def _run(args, out, timeout=240):
@@ -55,8 +72,7 @@ def test_two_processes_equal_one(tmp_path, method, granularity):
   for key in single.files:
     # The same frozen norms and params on every process, bit for bit.
     np.testing.assert_array_equal(multi[0][key], multi[1][key], err_msg=key)
-    np.testing.assert_allclose(multi[0][key], single[key], rtol=1e-5,
-                               atol=1e-6, err_msg=key)
+    assert_two_orders_agree(multi[0][key], single[key], 12, err_msg=key)
   hlo = (tmp_path / "multi" / "hlo.txt").read_text()
   units = max(int(np.prod(single[k].shape)) for k in single.files
               if k.startswith("frozen/"))
@@ -98,8 +114,7 @@ def test_checkpoint_across_topologies_and_crash_resume(tmp_path):
         "--resume"], tmp_path / "one")
   one = np.load(tmp_path / "one" / "result_0.npz")
   for key in reference.files:
-    np.testing.assert_allclose(one[key], reference[key], rtol=1e-5, atol=1e-6,
-                               err_msg=key)
+    assert_two_orders_agree(one[key], reference[key], 12, err_msg=key)
     if key.startswith("frozen/"):  # the LAWN phase survives the round trip
       np.testing.assert_array_equal(one[key], reference[key], err_msg=key)
 
@@ -127,8 +142,7 @@ def test_checkpoint_across_topologies_and_crash_resume(tmp_path):
   single = np.load(tmp_path / "single" / "result_0.npz")
   got = np.load(tmp_path / "up" / "result_0.npz")
   for key in single.files:
-    np.testing.assert_allclose(got[key], single[key], rtol=1e-5, atol=1e-6,
-                               err_msg=key)
+    assert_two_orders_agree(got[key], single[key], 12, err_msg=key)
 
 
 @pytest.mark.slow   # ~75 s on 2 cores

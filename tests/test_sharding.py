@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.numerics
 SCRIPT = Path(__file__).parent / "scripts" / "sharding_check.py"
 
 
@@ -33,8 +34,14 @@ def test_every_method_shards_like_one_device(result):
   for method in METHODS:
     r = result[method]
     checks = {
-        # The sharded update and state equal the single-device ones.
-        "matches single device": r["max_abs_diff"] < 1e-5,
+        # The sharded update and state equal the single-device ones to
+        # within the float32 error model's bound for two reduction orders
+        # (tests/tolerance.py: gamma(terms) per norm, relative to the
+        # weights); where a float64 reference exists, each float32 run is
+        # within one bound of it, so the bound is checked, not assumed.
+        # (A sharded norm that missed a shard is off by O(1): ~1e3 bounds.)
+        "matches single device": all(
+            ratio <= 1 for ratio in r["bound_ratios"].values()),
         "updates and params keep the params' sharding":
             r["updates_keep_param_sharding"] and r["params_keep_sharding"],
         # Norms need cross-shard sums (all-reduce of scalars / per-unit
@@ -43,8 +50,8 @@ def test_every_method_shards_like_one_device(result):
         "norms all-reduced": r["all_reduce"] >= 1,
     }
     if bad := [name for name, ok in checks.items() if not ok]:
-      failed[method] = (bad, {k: r[k] for k in ("max_abs_diff", "all_gather",
-                                                "all_reduce")})
+      failed[method] = (bad, {k: r[k] for k in (
+          "max_abs_diff", "bound_ratios", "all_gather", "all_reduce")})
   assert not failed, failed
   # One norm per tensor: a replicated scalar. One norm per output unit: the
   # (1, out) vector stays split over the 'model' axis like the kernels' outputs.
