@@ -21,6 +21,9 @@ optimizer and every variant:
   lawn-tangent                 exact + tangent projection, constrained phase
   fixnorm / wrs / wrs-between  FixNorm; WRS on an active step (period 1, no
                                gate) and between periods (period 2)
+  lawn-projection / -free       ``retraction="projection"``: the base update,
+                               ``optax.apply_updates``, then
+                               ``lo.project_norms``; both phases
   peer                         the projection a user would write: the base
                                update, ``optax.apply_updates``, then
                                ``w <- c w / ||w||`` on the masked leaves (exact,
@@ -95,6 +98,10 @@ def _variants(mask):
       # Advanced one step below, so period=2 is on an inactive step.
       "wrs-between": lambda base: lo.weight_rescaling(base, mask=mask,
                                                       period=2),
+      "lawn-projection": lambda base: Projected(lawn(
+          base, free_steps=1, retraction="projection")),
+      "lawn-projection-free": lambda base: Projected(lawn(
+          base, free_steps=NEVER, retraction="projection")),
       "peer": lambda base: Peer(base, mask),
   }
 
@@ -115,7 +122,8 @@ BATCH = {"mlp": 256, "cnn": 8, "resnet": 256, "gpt": 8, "gpt-tiny": 4}
 # One accelerator session (issue 26), in the order its results matter:
 # (kind, width, optimizer, programs, batch). --tiny: the same at toy sizes.
 _MLP_CELLS = ("base", "lawn-tensor", "lawn-unit", "lawn-free", "lawn-lazy",
-              "lawn-lazy-free", "fixnorm", "wrs", "peer")
+              "lawn-lazy-free", "lawn-projection", "lawn-projection-free",
+              "fixnorm", "wrs", "peer")
 DEVICE_SUITE = [
     ("mlp", 4096, "adam", ("update", "step"), 256, _MLP_CELLS),
     ("gpt", 768, "adam", ("step",), 8, None),
@@ -126,7 +134,7 @@ DEVICE_SUITE = [
 # CI: each kind of cell once, few variants (every compile costs seconds).
 TINY_SUITE = [
     ("mlp", 64, "adam", ("update", "step"), 16, ("base", "lawn-tensor",
-                                                  "peer")),
+                                                  "lawn-projection", "peer")),
     ("gpt-tiny", 32, "adam", ("step",), 4, ("base", "lawn-auto-mask",
                                              "peer-all")),
     ("resnet", 4, "sgdm", ("step",), 8, ("base", "fixnorm", "peer-all")),
@@ -155,6 +163,18 @@ class Peer:
     return jax.tree.map(
         lambda w, m, c: (w * (c / jnp.linalg.norm(w)).astype(w.dtype)
                          if m else w), params, self.mask, state[1])
+
+
+class Projected:
+  """A transform built with ``retraction="projection"``, with the library's
+  projection after ``optax.apply_updates`` (:func:`lawn_optax.project_norms`)."""
+
+  def __init__(self, tx: optax.GradientTransformation):
+    self.init, self.update = tx.init, tx.update
+
+  @staticmethod
+  def project(params, state):
+    return lo.project_norms(params, state)
 
 
 def _people_variants(masks):
@@ -259,7 +279,8 @@ def _copy(tree):
 def _programs(tx, loss):
   """update+apply and the full step of ``tx`` (a Peer projects after the
   apply)."""
-  post = tx.project if isinstance(tx, Peer) else (lambda p, s: p)
+  post = tx.project if isinstance(tx, (Peer, Projected)) else (
+      lambda p, s: p)
 
   def update_apply(p, s, g):
     u, s = tx.update(g, s, p)

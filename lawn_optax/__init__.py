@@ -42,9 +42,11 @@ from lawn_optax.lawn import lawn, lawn_adam, lawn_lamb, lawn_sgd
 from lawn_optax.maxnorm import max_norm
 from lawn_optax.projection import (
     NormConstraintState,
+    NormProjectionState,
     TangentProjectionState,
     constrain_norms,
     constrain_norms_after,
+    project_norms,
     project_to_tangent,
 )
 from lawn_optax.wrs import rescale_batch_stats, weight_rescaling
@@ -58,6 +60,7 @@ __all__ = [
     "CurvatureLRState",
     "HutchinsonState",
     "NormConstraintState",
+    "NormProjectionState",
     "NormReport",
     "SecantState",
     "TangentProjectionState",
@@ -84,6 +87,7 @@ __all__ = [
     "mclr",
     "norms",
     "paper_lars",
+    "project_norms",
     "project_to_tangent",
     "rescale_batch_stats",
     "scale_by_curvature_lr",

@@ -7,15 +7,19 @@ and the two seams a new method plugs into:
   rescaled by, ``w_new = k (w + u)`` (:func:`lawn_optax.numerics.
   retraction_scale` onto the sphere; a max-norm only shrinks);
 * the **retraction mode** (:data:`Retraction`): which norm the rule sees,
-  ``||w + u||`` (``"exact"``) or ``||w||`` (``"lazy"``).
+  ``||w + u||`` (``"exact"``) or ``||w||`` (``"lazy"``); or ``"projection"``:
+  the update passes through and :func:`project` rescales the weights after
+  ``optax.apply_updates``, by the norm of the new weights.
 
 Every path (the stored chain, the lazy pass, the recomputed update of
-:mod:`lawn_optax._recompute`) computes ``k`` through :meth:`Constraint.scale`
-and the norm through :meth:`Constraint.norm`, nowhere else.
+:mod:`lawn_optax._recompute`, the projection) computes ``k`` through
+:meth:`Constraint.scale` and the norm through :meth:`Constraint.norm`,
+nowhere else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -31,8 +35,8 @@ from lawn_optax.numerics import (
     retraction_scale,
 )
 
-Retraction = Literal["exact", "lazy"]
-RETRACTIONS: tuple[Retraction, ...] = ("exact", "lazy")
+Retraction = Literal["exact", "lazy", "projection"]
+RETRACTIONS: tuple[Retraction, ...] = ("exact", "lazy", "projection")
 # (target, norm, eps) -> the rescale factor k.
 Rule = Callable[[jax.Array, jax.Array, float], jax.Array]
 
@@ -61,6 +65,41 @@ class NormConstraintState(NamedTuple):
   targets: Any
   frozen_at: Any  # int32 []
   trigger: Any = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class NormProjectionState:
+  """State of a norm constraint built with ``retraction="projection"``:
+  the chain's bookkeeping, and what :func:`lawn_optax.project_norms` needs.
+
+  Attributes:
+    constraint: the :class:`NormConstraintState` (count, targets, freeze
+      step), kept exactly as the chain keeps it.
+    active: bool ``[]``, whether the step just taken acts (the projection
+      rescales only then; LAWN's free phase and WRS between periods are
+      left untouched).
+    rule, granularity, unit_axis, eps: the constraint's settings, static
+      (pytree metadata, not leaves): the projection applies the same rule
+      to the same norms as the chain would.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.constrain_norms({'w': True}, retraction='projection')
+    >>> state = tx.init({'w': jnp.ones(3)})
+    >>> bool(state.active), state.granularity
+    (False, 'tensor')
+  """
+  constraint: NormConstraintState
+  active: Any  # bool []
+  rule: Rule
+  granularity: _tree.Granularity
+  unit_axis: int
+  eps: float
+
+
+jax.tree_util.register_dataclass(
+    NormProjectionState, data_fields=["constraint", "active"],
+    meta_fields=["rule", "granularity", "unit_axis", "eps"])
 
 
 def _norm_shape(leaf: Any, granularity: _tree.Granularity, unit_axis: int
@@ -132,7 +171,7 @@ class Constraint(NamedTuple):
                                        state.count, held)
     return held | fired, trigger
 
-  def init(self, params: Any) -> NormConstraintState:
+  def init(self, params: Any) -> NormConstraintState | NormProjectionState:
     sel = _tree.select(self.mask, params, granularity=self.granularity,
                        unit_axis=self.unit_axis)
     leaves = sel.flatten(params, "params")
@@ -142,10 +181,14 @@ class Constraint(NamedTuple):
         lambda w, t, path: _initial_target(t, w, path, self.granularity,
                                            self.unit_axis),
         leaves, given, sel.paths)
-    return NormConstraintState(
+    state = NormConstraintState(
         count=jnp.zeros([], jnp.int32), targets=sel.unflatten(targets),
         frozen_at=jnp.full([], -1, jnp.int32),
         trigger=() if self.auto is None else autofreeze.init())
+    if self.retraction != "projection":
+      return state
+    return NormProjectionState(state, jnp.zeros([], bool), self.rule,
+                               self.granularity, self.unit_axis, self.eps)
 
   def select(self, updates: Any, params: Any):
     """Selection, masked indices, params and update leaves, treedef."""
@@ -181,9 +224,11 @@ class Constraint(NamedTuple):
         trigger=trigger)
 
   # -- the stored-update paths -----------------------------------------------
-  def update(self, updates: Any, state: NormConstraintState,
+  def update(self, updates: Any, state: Any,
              params: Any = None, **extra_args: Any) -> tuple[Any, Any]:
     del extra_args
+    if self.retraction == "projection":
+      return self._bookkeeping(updates, state, params)
     if not isinstance(state, NormConstraintState):
       raise _tree.swapped_state_error(state, "a NormConstraintState")
     sel, idx, w, u, u_def = self.select(updates, params)
@@ -207,6 +252,65 @@ class Constraint(NamedTuple):
           lambda us: us, us)
     return (jax.tree.unflatten(u_def, _gating.with_leaves(u, idx, new_us)),
             self.new_state(state, sel, idx, t_all, ts, active, trigger))
+
+
+  def _bookkeeping(self, updates: Any, state: Any, params: Any
+                   ) -> tuple[Any, NormProjectionState]:
+    """The projection mode's update: the phase, the targets (captured from
+    the weights before the update, as the chain does) and the step counter;
+    the update itself passes through, bit for bit."""
+    if not isinstance(state, NormProjectionState):
+      raise _tree.swapped_state_error(state, "a NormProjectionState")
+    inner = state.constraint
+    sel, idx, w, _, _ = self.select(updates, params)
+    ws = [w[i] for i in idx]
+    active, trigger = self.phase(inner, ws)
+    t_all, ts = self.targets(inner, sel, idx, ws, active)
+    return updates, dataclasses.replace(
+        state, constraint=self.new_state(inner, sel, idx, t_all, ts, active,
+                                         trigger),
+        active=jnp.ones([], bool) if active is None else active)
+
+
+def project(params: Any, state: NormProjectionState, what: str,
+            took_step: Any = True) -> Any:
+  """``params`` with each constrained weight ``w`` replaced by ``k w``, ``k``
+  the rule applied to ``||w||`` (the new weights' own norm), where the step
+  just taken acts (and ``took_step``: a wrapper may have skipped it); bit
+  for bit ``params`` elsewhere. ``what`` names the state in errors."""
+  c = Constraint(None, None, 0, 1, state.granularity, state.unit_axis,
+                 state.eps, "projection", state.rule)
+  params = _tree.unwrap_variables(params)
+  # The targets have the params' tree, or a prefix of it where a wrapper
+  # (optax.masked) hid a whole subtree behind one MaskedNode.
+  t_leaves, t_def = jax.tree.flatten(state.constraint.targets,
+                                     is_leaf=_tree.is_masked_node)
+  try:
+    p_leaves = t_def.flatten_up_to(params)  # type: ignore[attr-defined]
+  except (ValueError, TypeError) as e:
+    t_paths = set(_tree.flatten_with_paths(state.constraint.targets)[0])
+    p_paths = set(_tree.flatten_with_paths(params)[0])
+    raise ValueError(
+        f"project_norms: params do not match the tree {what} was built for "
+        f"(paths only in its state: {sorted(t_paths - p_paths)[:5]}; only in "
+        f"params: {sorted(p_paths - t_paths)[:5]}). Pass the params that the "
+        "optimizer updates, after optax.apply_updates.") from e
+  idx = [i for i, t in enumerate(t_leaves) if not _tree.is_masked_node(t)]
+  ws, ts = [p_leaves[i] for i in idx], [t_leaves[i] for i in idx]
+  # Not behind a conditional: its operand, the new weights, would have to
+  # be written to a buffer first (XLA's memory analysis shows one
+  # parameter-sized temporary), where ungated the norm's reduction and the
+  # rescale both fuse with apply_updates, as in a hand-written projection.
+  # The price: the norms are computed in LAWN's free phase too (k = 1 there).
+  acts = jnp.asarray(state.active, bool) & took_step
+  ks = [jnp.where(acts, c.scale(t, c.norm(w, None, t)), 1.0)
+        for w, t in zip(ws, ts)]
+  rescaled = []
+  for w, k in zip(ws, ks):
+    dtype = _gating.compute_dtype(w)
+    rescaled.append((w.astype(dtype) * k.astype(dtype)).astype(w.dtype))
+  return jax.tree.unflatten(t_def, _gating.with_leaves(p_leaves, idx,
+                                                       rescaled))
 
 
 def make(mask: Any, target: Any, start_step: Any, period: Any,

@@ -76,7 +76,7 @@ def fixnorm(
     granularity: ``"tensor"`` or ``"unit"``.
     unit_axis: output axis for ``granularity="unit"`` (last axis for Flax).
     norm_eps: floor of the norm divided by in the retraction.
-    retraction: ``"exact"`` or ``"lazy"`` (see
+    retraction: ``"exact"``, ``"lazy"`` or ``"projection"`` (see
       :func:`lawn_optax.constrain_norms`).
 
   Returns:

@@ -105,7 +105,9 @@ def lawn(
     retraction: ``"exact"`` (default: norms held exactly) or ``"lazy"``
       (one fused pass dividing by the norm before the update; the norm is
       off by at most one update's relative size; see
-      :func:`lawn_optax.constrain_norms`).
+      :func:`lawn_optax.constrain_norms`), or ``"projection"`` (the update
+      is the base optimizer's; call :func:`lawn_optax.project_norms` after
+      ``optax.apply_updates``: the cheapest, see there).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.

@@ -68,7 +68,9 @@ def max_norm(
     mask: which weights are bounded (see :mod:`lawn_optax.masks`).
     granularity: ``"unit"`` (one norm per output unit) or ``"tensor"``.
     unit_axis: the output axis for ``granularity="unit"`` (last for Flax).
-    retraction: ``"exact"`` (the norm after the update) or ``"lazy"``.
+    retraction: ``"exact"`` (the norm after the update), ``"lazy"`` or
+      ``"projection"`` (then :func:`lawn_optax.project_norms` shrinks the
+      weights after ``optax.apply_updates``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs params.

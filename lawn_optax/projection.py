@@ -24,14 +24,16 @@ from lawn_optax import _constraint, _gating, _recompute, _tree
 from lawn_optax._constraint import (
     RETRACTIONS,
     NormConstraintState,
+    NormProjectionState,
     Retraction,
     Rule,
 )
 from lawn_optax.autofreeze import AutoFreeze
 from lawn_optax.numerics import DEFAULT_EPS, radial_coefficient
 
-__all__ = ["RETRACTIONS", "NormConstraintState", "TangentProjectionState",
-           "constrain_norms", "constrain_norms_after", "project_to_tangent"]
+__all__ = ["RETRACTIONS", "NormConstraintState", "NormProjectionState",
+           "TangentProjectionState", "constrain_norms", "constrain_norms_after",
+           "project_norms", "project_to_tangent"]
 
 
 def constrain_norms(
@@ -104,7 +106,10 @@ def constrain_norms(
     unit_axis: the output axis for ``granularity="unit"``.
     eps: floor of the norm divided by (the retraction's epsilon, unrelated to
       an optimizer's ``eps``).
-    retraction: ``"exact"`` (default) or ``"lazy"`` (see above).
+    retraction: ``"exact"`` (default), ``"lazy"`` (see above) or
+      ``"projection"``: the update passes through untouched and the state
+      (a :class:`NormProjectionState`) tells :func:`project_norms`, called
+      after ``optax.apply_updates``, what to rescale.
     rule: ``(target, norm, eps) -> k``, the factor each masked weight is
       rescaled by (``w_new = k (w + u)``, with ``norm`` as the retraction
       mode says); default :func:`lawn_optax.numerics.retraction_scale`,
@@ -221,11 +226,121 @@ def constrain_norms_after(
                      f"name {name!r} must all differ (they key the state).")
   chain = optax.named_chain(
       *steps, (name, optax.GradientTransformationExtraArgs(c.init, c.update)))
-  if c.retraction == "lazy" or c.always_active:
+  if c.retraction in ("lazy", "projection") or c.always_active:
     return _tree.check_chain_state(chain, names + [name])
   update = _recompute.fused_update(c, optax.named_chain(*steps), chain, names,
                                    name)
   return optax.GradientTransformationExtraArgs(chain.init, update)
+
+
+def _projections(state: Any, took_step: Any = True) -> list:
+  """Every :class:`NormProjectionState` in ``state`` with whether the step
+  it records was really taken: ``optax.MultiSteps`` keeps its inner state on
+  accumulation steps (``mini_step != 0`` after them) and
+  ``optax.apply_if_finite`` on rejected ones (``last_finite`` False); the
+  weights did not move then, so they are not projected again."""
+  if isinstance(state, NormProjectionState):
+    return [(state, took_step)]
+  if isinstance(state, optax.MultiStepsState):
+    return _projections(state.inner_opt_state,
+                        took_step & (state.mini_step == 0))
+  if isinstance(state, optax.ApplyIfFiniteState):
+    return _projections(state.inner_state,
+                        took_step & jnp.asarray(state.last_finite, bool))
+  children = jax.tree_util.tree_flatten(state, is_leaf=lambda x: x is not state)[0]
+  if len(children) == 1 and children[0] is state:  # a leaf
+    return []
+  return [found for child in children
+          for found in _projections(child, took_step)]
+
+
+def project_norms(params: Any, opt_state: Any) -> Any:
+  r"""Puts the constrained weights back on their norms, after
+  ``optax.apply_updates``: the projection path of every norm method.
+
+  The optimizer is built with ``retraction="projection"`` (``lawn``,
+  ``lawn_adam`` / ``_sgd`` / ``_lamb``, ``fixnorm``, ``weight_rescaling``,
+  ``max_norm``, ``constrain_norms``): its update is then the base
+  optimizer's alone, plus the bookkeeping (the step count, the freeze step,
+  the targets captured from the weights before the update, as the chain
+  captures them). This function applies the method's rule to the new
+  weights, in ``optax.projections``' idiom:
+
+  .. math:: w \leftarrow k\, w, \qquad k = \mathrm{rule}(c, \|w\|)
+
+  (LAWN, FixNorm, WRS: ``k = c / ||w||``; max-norm: ``min(1, c / ||w||)``),
+  per tensor or per unit, on the steps where the method acts; the other
+  steps and the unconstrained leaves come back bit for bit. The norm is of
+  the weights as they are, so it holds to the rounding of the norm itself
+  (the chain's additive update ``u' = k (w + u) - w`` is rounded again when
+  ``apply_updates`` adds it back). It reads the new weights twice (the norm,
+  then the rescale) and writes them once: inside a jitted step with donated
+  params, XLA fuses ``apply_updates`` and the rescale into one pass that
+  writes the parameter buffer in place, as a hand-written ``w <- c w /
+  ||w||`` does; the chain's exact retraction needs the update and the old
+  weights for its norm before it can emit anything.
+
+  When to use which: the chain (the default) composes like any optax
+  transform, and code that only calls ``update`` and ``apply_updates`` needs
+  nothing else; the projection costs less (``benchmarks/results/overhead*``),
+  for steps where the optimizer's update is a large part of the time.
+
+  Under ``optax.MultiSteps`` (accumulation steps) and
+  ``optax.apply_if_finite`` (rejected steps) the weights did not move, and
+  they come back bit for bit: the projection reads those wrappers' states.
+
+  Args:
+    params: the parameters after ``optax.apply_updates`` (the tree the
+      optimizer updates; nnx ``Param`` state is accepted).
+    opt_state: the optimizer's state (any nesting: ``chain``, ``masked``,
+      ``inject_hyperparams``, ``MultiSteps``, ``apply_if_finite``); every
+      :class:`NormProjectionState` in it is applied, in order.
+
+  Returns:
+    ``params`` with the constrained weights rescaled.
+
+  Raises:
+    ValueError: ``opt_state`` holds no constraint built with
+      ``retraction="projection"``, or ``params`` is not the tree it was
+      built for (the message names the paths).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, lawn_optax as lo
+    >>> tx = lo.lawn_adam(0.1, free_steps=1, mask={'w': True},
+    ...                   retraction='projection')
+    >>> params = {'w': jnp.array([3.0, 4.0])}
+    >>> state = tx.init(params)
+    >>> @jax.jit
+    ... def step(params, state, grads):
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    ...   return lo.project_norms(params, state), state
+    >>> for _ in range(3):
+    ...   params, state = step(params, state, {'w': jnp.array([1.0, -2.0])})
+    >>> round(float(jnp.linalg.norm(params['w'])), 5)   # frozen at step 1
+    5.02195
+
+  References:
+    ``optax.projections`` (projection_l2_sphere, projection_l2_ball): the
+    same idiom, a function applied to the parameters after the update.
+  """
+  # nnx.Optimizer holds its state in Variables: the arrays inside count.
+  found = _projections(_tree.unwrap_variables(opt_state))
+  if not found:
+    kinds = sorted({type(s).__name__ for s in jax.tree.leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, tuple) and hasattr(
+            x, "_fields"))})
+    raise ValueError(
+        "project_norms: opt_state holds no norm constraint built with "
+        "retraction='projection' (it holds "
+        f"{', '.join(kinds) or 'no named state'}). Build the optimizer with "
+        "it, e.g. lo.lawn_adam(..., retraction='projection'); an optimizer "
+        "built with the default retraction already holds the norms in its "
+        "update and needs no projection.")
+  for i, (s, took_step) in enumerate(found):
+    params = _constraint.project(params, s, f"norm constraint {i}",
+                                 took_step)
+  return params
 
 
 class TangentProjectionState(NamedTuple):

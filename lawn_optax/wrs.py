@@ -54,7 +54,7 @@ def weight_rescaling(
     granularity: ``"unit"`` (per output filter, default) or ``"tensor"``.
     unit_axis: the output axis for ``granularity="unit"``.
     norm_eps: floor of the norm divided by in the retraction.
-    retraction: ``"exact"`` or ``"lazy"`` (see
+    retraction: ``"exact"``, ``"lazy"`` or ``"projection"`` (see
       :func:`lawn_optax.constrain_norms`).
 
   Returns:

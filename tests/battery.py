@@ -25,6 +25,19 @@ class Method(NamedTuple):
   # invariant(params_before, params_after, state, step, rtol) raises if broken.
   invariant: Callable[[Any, Any, Any, int, float], None]
   learning_rate: float = 0.05
+  # Built with retraction="projection": lo.project_norms after every
+  # apply_updates (the projection path, through the same battery).
+  projected: bool = False
+
+
+def apply(method, params, updates, state):
+  """``optax.apply_updates``, then, for a method on the projection path,
+  :func:`lawn_optax.project_norms` with the state the update returned."""
+  new = optax.apply_updates(params, updates)
+  if method is not None and method.projected:
+    import lawn_optax as lo
+    new = lo.project_norms(new, state)
+  return new
 
 
 SIZES = (8, 16, 16, 4)
@@ -65,16 +78,18 @@ def grads_at(params, t):
   return jax.grad(loss)(params, X[idx], Y[idx])
 
 
-def run(tx, params, steps, grad_fn=grads_at, method=None, rtol=1e-5):
-  """Jitted trajectory; checks the method's invariant after every step."""
+def run(tx, params, steps, grad_fn=grads_at, method=None, rtol=1e-5,
+        invariant=True):
+  """Jitted trajectory; checks the method's invariant after every step
+  (unless ``invariant=False``; ``method`` also decides the projection)."""
   state = tx.init(params)
   step = jax.jit(lambda p, s, g: tx.update(g, s, p))
   history = []
   for t in range(steps):
     g = grad_fn(params, t)
     u, state = step(params, state, g)
-    new = optax.apply_updates(params, u)
-    if method is not None:
+    new = apply(method, params, u, state)
+    if method is not None and invariant:
       method.invariant(params, new, state, t, rtol)
     params = new
     history.append(params)
@@ -91,7 +106,7 @@ def check_no_retrace(method, steps=6):
   def step(params, state, t):
     g = grads_at(params, t)
     u, state = tx.update(g, state, params)
-    return optax.apply_updates(params, u), state
+    return apply(method, params, u, state), state
 
   chex.clear_trace_counter()
   for t in range(steps):
@@ -131,10 +146,10 @@ def check_masked(method, steps=8):
     u, state = upd(g, state, full)
     # optax.masked passes the raw gradient through on leaves it masks out.
     chex.assert_trees_all_equal(u["Dense_0"], g["Dense_0"])
-    full = optax.apply_updates(full, u)
+    full = apply(method, full, u, state)
     ru, ref_state = ref_upd({k: v for k, v in g.items() if k != "Dense_0"},
                             ref_state, ref)
-    ref = optax.apply_updates(ref, ru)
+    ref = apply(method, ref, ru, ref_state)
     chex.assert_trees_all_close({k: full[k] for k in ref}, ref, rtol=1e-6,
                                 atol=1e-7)
 
@@ -153,10 +168,10 @@ def check_multisteps(method, k=3, real_steps=6):
     gs = [grads_at(p_ms, k * t + j) for j in range(k)]
     for g in gs:
       u, s_ms = ms_update(g, s_ms, p_ms)
-      p_ms = optax.apply_updates(p_ms, u)
+      p_ms = apply(method, p_ms, u, s_ms)
     mean_g = jax.tree.map(lambda *xs: sum(xs) / k, *gs)
     u, s_ref = ref_update(mean_g, s_ref, p_ref)
-    new_ref = optax.apply_updates(p_ref, u)
+    new_ref = apply(method, p_ref, u, s_ref)
     method.invariant(p_ref, new_ref, s_ref, t, 1e-5)
     p_ref = new_ref
     chex.assert_trees_all_close(p_ms, p_ref, rtol=2e-5, atol=2e-6)
@@ -169,7 +184,7 @@ def check_inject_hyperparams(method, steps=8):
   tx = optax.inject_hyperparams(method.factory, static_args=("mask",))(
       learning_rate=lr, mask=kernel_mask)
   plain, _ = run(method.factory(learning_rate=lr, mask=kernel_mask), params,
-                 steps)
+                 steps, method=method, invariant=False)
   got, state = run(tx, params, steps, method=method)
   chex.assert_trees_all_close(got[-1], plain[-1], rtol=1e-5, atol=1e-6)
   # Halve the rate in the state: still jit-able, invariant still holds.
@@ -177,7 +192,7 @@ def check_inject_hyperparams(method, steps=8):
   p = got[-1]
   for t in range(steps, steps + 3):
     u, state = jax.jit(tx.update)(grads_at(p, t), state, p)
-    new = optax.apply_updates(p, u)
+    new = apply(method, p, u, state)
     method.invariant(p, new, state, t, 1e-5)
     p = new
 
@@ -197,16 +212,16 @@ def check_apply_if_finite(method, steps=8, bad=(2, 5)):
       g = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan if t == 2 else jnp.inf),
                        params)
       u, s_new = upd(g, s, p)
-      new = optax.apply_updates(p, u)
+      new = apply(method, p, u, s_new)
       chex.assert_trees_all_equal(new, p)
       chex.assert_trees_all_equal(s_new.inner_state, s.inner_state)
       p, s = new, s_new
       continue
     g = grads_at(p, t_ref)
     u, s = upd(g, s, p)
-    p = optax.apply_updates(p, u)
+    p = apply(method, p, u, s)
     ru, rs = ref_upd(grads_at(rp, t_ref), rs, rp)
-    rp = optax.apply_updates(rp, ru)
+    rp = apply(method, rp, ru, rs)
     t_ref += 1
     chex.assert_trees_all_close(p, rp, rtol=1e-6, atol=1e-7)
   assert int(s.total_notfinite) == len(bad)
@@ -243,11 +258,11 @@ def check_eager_matches_jit(method, steps=5):
   """The same trajectory without jax.jit (tests parameterised over jit)."""
   params = make_params()
   tx = method.factory(learning_rate=method.learning_rate, mask=kernel_mask)
-  jitted, _ = run(tx, params, steps)
+  jitted, _ = run(tx, params, steps, method=method, invariant=False)
   state, p = tx.init(params), params
   for t in range(steps):
     u, state = tx.update(grads_at(p, t), state, p)
-    new = optax.apply_updates(p, u)
+    new = apply(method, p, u, state)
     method.invariant(p, new, state, t, 1e-5)
     p = new
   chex.assert_trees_all_close(p, jitted[-1], rtol=1e-5, atol=1e-6)

@@ -28,6 +28,16 @@ class Method(NamedTuple):
   invariant: Callable[[Any, Any, Any, int, float], None]
   learning_rate: float = 0.05
   uses: tuple[str, ...] = ()  # the public factories it exercises
+  # Built with retraction="projection": every caller applies
+  # lo.project_norms after optax.apply_updates (see apply()).
+  projected: bool = False
+
+
+def apply(method, params, updates, state):
+  """``optax.apply_updates``, then :func:`lawn_optax.project_norms` for a
+  method on the projection path: how every cross-cutting test steps."""
+  new = optax.apply_updates(params, updates)
+  return lo.project_norms(new, state) if method.projected else new
 
 
 def kernels(params):
@@ -130,6 +140,34 @@ METHODS = [
     Method("lars", lambda learning_rate, mask: lo.paper_lars(
         learning_rate, weight_decay=1e-3, trust_coefficient=0.01, mask=mask),
            finite, 1.0, ("paper_lars", "scale_by_grad_weight_ratio")),
+    # The projection path (lo.project_norms after apply_updates) of the
+    # methods that hold norms: the same invariants, through every check.
+    Method("lawn_adam_projection", lambda learning_rate, mask: lo.lawn_adam(
+        learning_rate, free_steps=FREE, mask=mask, retraction="projection"),
+           frozen_norms_held("tensor"), 1e-2, ("lawn_adam", "project_norms"),
+           projected=True),
+    Method("lawn_sgd_unit_tangent_projection",
+           lambda learning_rate, mask: lo.lawn_sgd(
+               learning_rate, free_steps=FREE, mask=mask, momentum=0.9,
+               granularity="unit", tangent_projection=True,
+               retraction="projection"),
+           frozen_norms_held("unit"), 0.1, ("lawn_sgd", "project_norms"),
+           projected=True),
+    Method("fixnorm_projection", lambda learning_rate, mask: lo.fixnorm(
+        optax.sgd(learning_rate, momentum=0.9), mask=body,
+        classifier_mask=head, classifier_norm=2.0, retraction="projection"),
+           norms_equal_targets("tensor"), 0.1, ("fixnorm", "project_norms"),
+           projected=True),
+    Method("wrs_projection", lambda learning_rate, mask: lo.weight_rescaling(
+        optax.adam(learning_rate), mask=mask, period=2,
+        retraction="projection"),
+           norms_equal_targets("unit", every=2), 1e-2,
+           ("weight_rescaling", "project_norms"), projected=True),
+    Method("max_norm_projection", lambda learning_rate, mask: lo.max_norm(
+        optax.adam(learning_rate), max_value=1.0, mask=mask,
+        retraction="projection"),
+           below_max_norm(1.0), 0.05, ("max_norm", "project_norms"),
+           projected=True),
 ]
 
 # Public factories no cross-cutting test builds on purpose, and why.

@@ -9,7 +9,8 @@ import pytest
 import lawn_optax as lo
 from tests import battery, registry
 
-METHODS = [battery.Method(m.name, m.factory, m.invariant, m.learning_rate)
+METHODS = [battery.Method(m.name, m.factory, m.invariant, m.learning_rate,
+                          m.projected)
            for m in registry.METHODS]
 
 

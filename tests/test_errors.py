@@ -168,6 +168,16 @@ BAD_INPUTS = [
     ("check_norms on a state without a norm constraint",
      lambda: lo.check_norms(PARAMS, optax.sgd(0.1).init(PARAMS)), ValueError,
      r"opt_state holds no norm constraint"),
+    ("project_norms on a state from the chain (no projection)",
+     lambda: lo.project_norms(PARAMS, _lawn().init(PARAMS)), ValueError,
+     r"holds no norm constraint built with retraction='projection'"),
+    ("project_norms on params that do not match the state",
+     lambda: lo.project_norms({"Dense_0": PARAMS["Dense_0"]}, _lawn(
+         retraction="projection").init(PARAMS)), ValueError,
+     r"params do not match the tree .*only in its state: \['Dense_1/bias'"),
+    ("unknown retraction",
+     lambda: _lawn(retraction="projected"), ValueError,
+     r"retraction must be one of \('exact', 'lazy', 'projection'\)"),
     ("final_homogeneous on a function of no params",
      lambda: lo.masks.final_homogeneous(
          lambda p, x: 2.0 * x, {"w": jnp.ones((2, 2))}, jnp.ones((1, 2))),

@@ -56,12 +56,15 @@ def loss(p, t):
 
 def check(method):
   tx = TXS[method]()
+  entry = registry.BY_NAME.get(method)
 
   @jax.jit
   def step(params, state, t):
     g = jax.grad(loss)(params, t)
     u, state = tx.update(g, state, params)
-    return optax.apply_updates(params, u), state
+    if entry is None:
+      return optax.apply_updates(params, u), state
+    return registry.apply(entry, params, u, state), state
 
   ckpt = ocp.StandardCheckpointer()
 

@@ -18,7 +18,6 @@ import re  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P
 
@@ -53,13 +52,14 @@ TERMS = max(int(np.prod(s)) for s in SIZES)
 REDUCTIONS = 3
 
 
-def run(tx, p, g, steps=STEPS):
+def run(tx, p, g, method, steps=STEPS):
   state = jax.jit(tx.init)(p)
   step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+  apply = jax.jit(lambda p, u, s: registry.apply(method, p, u, s))
   history = [p]
   for _ in range(steps):
     u, state = step(g, state, p)
-    p = optax.apply_updates(p, u)
+    p = apply(p, u, state)
     history.append(p)
   return u, state, p, step, history
 
@@ -127,6 +127,7 @@ def leaf_pairs(one, other, p0):
 REFERENCES = {
     "lawn_adam": lambda lr: (lambda: ref.Adam(lr)),
     "lawn_lamb": lambda lr: (lambda: ref.Lamb(lr)),
+    "lawn_adam_projection": lambda lr: (lambda: ref.Adam(lr)),
 }
 
 
@@ -146,10 +147,11 @@ def float64_params(name):
 out = {}
 for name, make in METHODS.items():
   tx = make()
-  u1, s1, p1, _, history = run(tx, params, grads)
+  method = registry.BY_NAME[name]
+  u1, s1, p1, _, history = run(tx, params, grads, method)
   sp = jax.device_put(params, shard)
   sg = jax.device_put(grads, shard)
-  u8, s8, p8, step, _ = run(tx, sp, sg)
+  u8, s8, p8, step, _ = run(tx, sp, sg, method)
   diff = max(amax(np.where(np.isnan(a), 0.0, np.asarray(a, np.float64) - b))
              for a, b in zip(jax.tree.leaves((u1, s1, p1)),
                              jax.tree.leaves((u8, s8, p8))))
@@ -166,7 +168,11 @@ for name, make in METHODS.items():
           [(a, b, max(amax(b), amax(w0))) for a, b, w0 in zip(
               jax.tree.leaves(got), jax.tree.leaves(exact),
               jax.tree.leaves(params))], condition)
-  hlo = step.lower(sg, s8, sp).compile().as_text()
+  # The whole step (update, apply, and the projection where there is one).
+  def whole(g, s, p, tx=tx, method=method):
+    u, s = tx.update(g, s, p)
+    return registry.apply(method, p, u, s), s
+  hlo = jax.jit(whole).lower(sg, s8, sp).compile().as_text()
   found = lo.frozen_norms(s8)
   targets = {} if found is None else {
       jax.tree_util.keystr(k): str(v.sharding.spec)

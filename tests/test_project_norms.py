@@ -1,0 +1,209 @@
+"""The projection path (issue 40): ``retraction="projection"`` plus
+``lo.project_norms`` after ``optax.apply_updates``, in optax.projections'
+idiom. The composition battery, checkpoints and sharding run it through
+tests/registry.py (the ``*_projection`` entries); here: the NumPy reference,
+exactness, the free phase bit for bit, the donated-buffer memory analysis,
+nnx and linen patterns, and every bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lawn_optax as lo
+from tests import reference as ref
+from tests import tolerance
+
+SHAPES = {"k1": (6, 5), "k2": (5, 3), "b": (3,)}
+
+
+def _params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def _targets(steps, seed=1):
+  rng = np.random.default_rng(seed)
+  return [{k: rng.normal(size=s) for k, s in SHAPES.items()}
+          for _ in range(steps)]
+
+
+def _trajectory(tx, params0, targets, project):
+  @jax.jit
+  def step(params, state, a):
+    grads = jax.tree.map(lambda w, x: (w - x) + 0.1 * w**3, params, a)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    return (lo.project_norms(params, state) if project else params), state
+
+  params, state = jax.tree.map(jnp.asarray, params0), tx.init(params0)
+  out = []
+  for a in targets:
+    params, state = step(params, state, jax.tree.map(jnp.float32, a))
+    out.append((params, state))
+  return out
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("granularity", ["tensor", "unit"])
+@pytest.mark.parametrize("tangent", [False, True])
+def test_matches_numpy_reference_and_holds_the_norm_exactly(granularity,
+                                                            tangent):
+  steps, free_steps = 24, 9
+  targets = _targets(steps)
+  params0 = _params()
+  mask = {"k1": True, "k2": True, "b": False}
+  expected, frozen = ref.lawn_trajectory(
+      params0, lambda w, t: {k: (w[k] - targets[t][k]) + 0.1 * w[k] ** 3
+                             for k in w},
+      lambda: ref.Adam(0.02), free_steps=free_steps, mask=mask, steps=steps,
+      granularity=granularity, tangent_projection=tangent)
+  tx = lo.lawn(optax.adam(0.02), free_steps=free_steps, mask=mask,
+               granularity=granularity, tangent_projection=tangent,
+               retraction="projection")
+  got = _trajectory(tx, params0, targets, project=True)
+  for t, (params, state) in enumerate(got):
+    for k in SHAPES:
+      bound = tolerance.reduction_bound(
+          30, float(np.max(np.abs(expected[t][k]))), reductions=2,
+          steps=t + 1)
+      np.testing.assert_allclose(params[k], expected[t][k], rtol=0,
+                                 atol=bound, err_msg=f"{k} at step {t}")
+    if t >= free_steps:
+      # Exact to the rounding of the norm itself, at every step (no drift
+      # accumulates): the norm of a 30-term tensor, then one multiply.
+      c = lo.frozen_norms(state)
+      norms = lo.weight_norms(jax.tree.map(
+          lambda x: np.asarray(x, np.float64), params), mask, granularity)
+      for k in ("k1", "k2"):
+        np.testing.assert_allclose(
+            norms[k], c[k], atol=0, rtol=tolerance.reduction_bound(
+                30, 1.0, reductions=2, ops=2))
+  for k, v in frozen.items():
+    np.testing.assert_allclose(lo.frozen_norms(got[-1][1])[k],
+                               np.reshape(v, lo.frozen_norms(got[-1][1])[k].shape),
+                               rtol=tolerance.reduction_bound(
+                                   30, 1.0, reductions=2, steps=free_steps + 1))
+
+
+def test_free_phase_is_the_base_optimizer_bit_for_bit():
+  """Before the freeze: the update is Adam's and the projection returns the
+  params unchanged, bit for bit; the state's phase says so."""
+  params0 = _params()
+  targets = _targets(6)
+  mask = {"k1": True, "k2": False, "b": False}
+  got = _trajectory(lo.lawn_adam(0.02, free_steps=50, mask=mask,
+                                 retraction="projection"), params0, targets,
+                    project=True)
+  want = _trajectory(optax.adam(0.02), params0, targets, project=False)
+  for (p, s), (q, _) in zip(got, want):
+    jax.tree.map(np.testing.assert_array_equal, p, q)
+    assert not bool(s["lawn"].active)
+
+
+@pytest.mark.parametrize("method", ["lawn", "fixnorm", "wrs", "max_norm"])
+def test_same_trajectory_as_the_chain(method):
+  """Both paths apply one rule: the same trajectory to float32 rounding
+  (within the error model's bound of the reference comparison)."""
+  mask = {"k1": True, "k2": True, "b": False}
+  make = {
+      "lawn": lambda r: lo.lawn_adam(0.02, free_steps=3, mask=mask,
+                                     retraction=r),
+      "fixnorm": lambda r: lo.fixnorm(optax.sgd(0.05, momentum=0.9),
+                                      mask=mask, retraction=r),
+      "wrs": lambda r: lo.weight_rescaling(optax.adam(0.02), mask=mask,
+                                           period=3, retraction=r),
+      "max_norm": lambda r: lo.max_norm(optax.adam(0.02), max_value=1.5,
+                                        mask=mask, retraction=r),
+  }[method]
+  params0, targets = _params(), _targets(12)
+  chain = _trajectory(make("exact"), params0, targets, project=False)
+  proj = _trajectory(make("projection"), params0, targets, project=True)
+  for t, ((p, _), (q, _)) in enumerate(zip(chain, proj)):
+    for k in SHAPES:
+      scale = float(np.max(np.abs(p[k])))
+      np.testing.assert_allclose(q[k], p[k], rtol=0, atol=2 * (
+          tolerance.reduction_bound(30, scale, reductions=2, steps=t + 1)),
+                                 err_msg=f"{method} {k} step {t}")
+  a, b = lo.frozen_norms(chain[-1][1]), lo.frozen_norms(proj[-1][1])
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5), a, b)
+
+
+def test_donated_step_holds_no_parameter_sized_temporary():
+  """With donated params the projection fuses with apply_updates and writes
+  the parameter buffer in place: XLA's memory analysis of the whole step
+  (Adam, apply, projection) finds no temporary of a weight's size, as for
+  the hand-written peer; the chain's exact retraction stores the update."""
+  n = 512
+  params = {"w": jnp.ones((n, n)), "b": jnp.ones((n,))}
+  mask = {"w": True, "b": False}
+  weight_bytes = n * n * 4
+
+  def temp_bytes(tx, project):
+    state = tx.init(params)
+
+    def step(params, state, g):
+      u, state = tx.update(g, state, params)
+      params = optax.apply_updates(params, u)
+      return (lo.project_norms(params, state) if project else params), state
+
+    c = jax.jit(step, donate_argnums=(0, 1)).lower(params, state,
+                                                   params).compile()
+    return c.memory_analysis().temp_size_in_bytes
+
+  for start in (0, 5):  # always on, and gated (LAWN's, WRS's phases)
+    tx = optax.chain(optax.adam(1e-3), lo.constrain_norms(
+        mask, target=float(n), start_step=start, retraction="projection"))
+    assert temp_bytes(tx, True) < weight_bytes // 4, start
+  wrs = lo.weight_rescaling(optax.adam(1e-3), mask=mask, period=2,
+                            granularity="tensor", retraction="projection")
+  assert temp_bytes(wrs, True) < weight_bytes // 4
+  chain = optax.chain(optax.adam(1e-3), lo.constrain_norms(
+      mask, target=float(n), start_step=5))
+  assert temp_bytes(chain, False) >= weight_bytes  # what the path avoids
+
+
+def test_nnx_optimizer_two_line_pattern():
+  nnx = pytest.importorskip("flax.nnx")
+  model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)), nnx.relu,
+                         nnx.Linear(8, 3, rngs=nnx.Rngs(1)))
+  mask = lo.masks.final_homogeneous(model, jnp.ones((1, 4)))
+  opt = nnx.Optimizer(model, lo.lawn_adam(1e-2, free_steps=1, mask=mask,
+                                          retraction="projection"),
+                      wrt=nnx.Param)
+  x, y = jnp.ones((5, 4)), jnp.array([0, 1, 2, 0, 1])
+
+  @nnx.jit
+  def step(model, opt):
+    loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(
+        m(x), y).mean()
+    opt.update(model, nnx.grad(loss)(model))
+    params = nnx.state(model, nnx.Param)                        # the two
+    nnx.update(model, lo.project_norms(params, opt.opt_state))  # lines
+
+  for _ in range(4):
+    step(model, opt)
+  frozen = lo.frozen_norms(lo._tree.unwrap_variables(opt.opt_state))
+  got = lo.weight_norms(nnx.state(model, nnx.Param), mask)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+               lo._tree.unwrap_variables(got), frozen)
+
+
+def test_bad_inputs_name_what_is_wrong():
+  params = {k: jnp.asarray(v) for k, v in _params().items()}
+  mask = {"k1": True, "k2": False, "b": False}
+  chain_state = lo.lawn_adam(0.1, free_steps=0, mask=mask).init(params)
+  with pytest.raises(ValueError, match="retraction='projection'"):
+    lo.project_norms(params, chain_state)
+  with pytest.raises(ValueError, match="retraction='projection'"):
+    lo.project_norms(params, optax.adam(0.1).init(params))
+  tx = lo.lawn_adam(0.1, free_steps=0, mask=mask, retraction="projection")
+  state = tx.init(params)
+  other = {"k1": params["k1"], "extra": params["k2"]}
+  with pytest.raises(ValueError, match=r"only in its state: \['b', 'k2'\]"):
+    lo.project_norms(other, state)
+  with pytest.raises(TypeError, match="swapped"):
+    tx.update(params, params, state)
+  with pytest.raises(ValueError, match="retraction must be one of"):
+    lo.lawn_adam(0.1, free_steps=0, mask=mask, retraction="project")
