@@ -59,17 +59,20 @@ def size_epochs(seconds_per_epoch: float, budget_s: float, programs: int,
 
 
 def _calibrate(task, family: str, batch: int, runs: int,
-               max_runs: int) -> float:
-  """Seconds of one epoch of ``runs`` vmapped runs, measured on one chunk of
-  at most ``max_runs`` (what fits in memory; compilation excluded: the
-  chunk runs twice) and scaled."""
-  chunk = min(runs, max_runs)
-  runner = generalization.Runner(task, family, batch, 1, max_runs=chunk)
-  fake = [protocol.Run("adam", {"lr": 1e-3}, s % 8) for s in range(chunk)]
-  runner(fake)
+               memory_bytes: int) -> tuple[float, int]:
+  """Seconds of one epoch of ``runs`` vmapped runs, measured on the largest
+  chunk that fits ``memory_bytes`` (sized by compiling, not running: see
+  :class:`protocol.PaddedProgram`; compilation excluded: the chunk runs
+  twice) and scaled; and that chunk's size."""
+  runner = generalization.Runner(task, family, batch, 1,
+                                 memory_bytes=memory_bytes)
+  fake = [protocol.Run("adam", {"lr": 1e-3}, s % 8) for s in range(runs)]
+  chunk = runner.program.fit(fake, lambda _: ())
+  runner.program.max_runs = chunk
+  runner(fake[:chunk])
   t0 = time.perf_counter()
-  runner(fake)
-  return (time.perf_counter() - t0) * runs / chunk
+  runner(fake[:chunk])
+  return (time.perf_counter() - t0) * runs / chunk, chunk
 
 
 def fashion_cnn(args) -> dict[str, Any]:
@@ -83,14 +86,16 @@ def fashion_cnn(args) -> dict[str, Any]:
   studies = protocol.make_studies(seeds, 2 if tiny else 4, 2 if not tiny
                                   else 1)
   configs = len(methods) * 18 * len(seeds)
-  # Every run's activations live at once in a vmapped program: 32 runs of
-  # the ResNet at batch 8192 hold ~60 GB on the H200.
-  max_runs = {b: max(8, min(configs, 262_144 // b)) for b in batches}
+  # Every run's activations live at once in a vmapped program: each program
+  # sizes its chunks of runs by compiling them (XLA's memory analysis, 80% of
+  # the device's bytes_limit; the host's available memory on a CPU).
+  memory = protocol.memory_limit()
   # The calibration compiles and runs a chunk twice per batch size:
   # skipped at toy sizes (one epoch).
-  per_epoch = 0.0 if tiny else sum(
-      _calibrate(task, "adam", b, configs, max_runs[b]) for b in batches
-  ) / len(batches)
+  calibrated = {} if tiny else {
+      b: _calibrate(task, "adam", b, configs, memory) for b in batches}
+  per_epoch = (sum(s for s, _ in calibrated.values()) / len(batches)
+               if calibrated else 0.0)
   epochs = 1 if tiny else size_epochs(per_epoch, args.budget,
                                       programs=len(batches))
   print(f"one epoch of {configs} runs: {per_epoch:.1f} s -> {epochs} epochs",
@@ -104,7 +109,9 @@ def fashion_cnn(args) -> dict[str, Any]:
              "seeds": seeds, "studies": studies, "schedule": "cosine",
              "warmup_fraction": 0.05, "epochs": epochs,
              "calibration": {"seconds_per_epoch": per_epoch, "runs": configs,
-                             "budget_s": args.budget},
+                             "budget_s": args.budget, "memory_bytes": memory,
+                             "chunk_runs": {str(b): c for b, (_, c) in
+                                            calibrated.items()}},
              "protocol": protocol.PROTOCOL_TEXT,
              "environment": common.environment(), "cells": {},
              "comparisons": [], "complete": False}
@@ -112,7 +119,7 @@ def fashion_cnn(args) -> dict[str, Any]:
   for batch in batches:
     cells, comps, secs, _ = generalization.protocol_cells(
         task, methods, batch, epochs, seeds, studies,
-        max_extensions=0 if tiny else 2, max_runs=max_runs[batch])
+        max_extensions=0 if tiny else 2, memory_bytes=memory)
     for n, c in cells.items():
       results["cells"].setdefault(n, []).append(c)
     results["comparisons"] += comps
@@ -135,8 +142,9 @@ def lm_gpu(args) -> dict[str, Any]:
              lrs=protocol.log_grid(1e-3, 3e-2, 6)) if tiny else dict(
                  d=384, depth=4, heads=6, seq=256, batch_sizes=[8, 64],
                  methods=list(lm.method_grids(())), seeds=SEEDS, studies=4,
-                 eval_chars=None, logs=20, max_extensions=1, max_runs=126,
+                 eval_chars=None, logs=20, max_extensions=1,
                  lrs=protocol.log_grid(1e-4, 1e-2, 6))
+  cfg["memory_bytes"] = protocol.memory_limit()  # chunks sized by compiling
   if tiny:
     cfg["train_chars"], cfg["epochs"], tokens_per_s = len(corpus.train), 2, 1.0
   else:
@@ -152,12 +160,16 @@ def lm_gpu(args) -> dict[str, Any]:
     cfg["epochs"] = max(1, int(per_run / len(corpus.train)))
   print(f"{tokens_per_s:.3g} tokens/s a run -> {cfg['train_chars']:,} "
         f"training characters, {cfg['epochs']} epochs", flush=True)
-  results = lm.run(cfg, corpus)
-  results.update(common.provenance_of_code())
-  results["calibration"] = {"tokens_per_second_all_runs": tokens_per_s,
-                            "budget_s": args.budget}
-  common.write_json("language_model_gpu" + ("_tiny" if tiny else ""),
-                    results, Path(args.out))
+  calibration = {"tokens_per_second_all_runs": tokens_per_s,
+                 "budget_s": args.budget}
+  name = "language_model_gpu" + ("_tiny" if tiny else "")
+
+  def write(results):  # after every batch size: "complete" says how far
+    results.update(common.provenance_of_code(), calibration=calibration)
+    common.write_json(name, results, Path(args.out))
+
+  results = lm.run(cfg, corpus, on_batch=write)
+  write(results)
   return results
 
 
@@ -171,7 +183,7 @@ def _lm_tokens_per_second(corpus, cfg) -> float:
   runs = [protocol.Run(m, {"lr": lr, **grids[m].fixed}, s)
           for m in cfg["methods"] for lr in cfg["lrs"] for _ in range(3)
           for s in cfg["seeds"]]
-  chunk = runs[:cfg.get("max_runs") or len(runs)]   # what fits in memory
+  chunk = runs[:study.program.fit(runs, study.initial_params)]  # what fits
   study.run_many(chunk)   # compiles
   t0 = time.perf_counter()
   study.run_many(chunk)

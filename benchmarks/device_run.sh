@@ -4,15 +4,18 @@
 # job that runs out of time loses only itself). Run from the repository
 # root with the datasets under .gpudata/ (fashion/, dslabs/, austen/) and
 # $OUT set; on the project's lent machine the wheels in .whl/ pin flax/optax.
-# Arguments name the jobs to run (default: all), e.g. `device_run.sh overhead`.
-# One 15-minute session holds one of the three studies below (each sized to
-# ~8 min of wall time by the script itself):
-#   device_run.sh step_cost    issue 26: the 24M MLP cells, a GPT-2-small LM
-#                              step and a BN ResNet step, with the peer
-#   device_run.sh fashion_cnn  issue 27: the BN ResNet on Fashion-MNIST
-#   device_run.sh lm_gpu       issue 28: a 7M-parameter GPT on Austen
+# Arguments name the jobs to run, e.g. `device_run.sh overhead`. With none,
+# one 15-minute session runs, in ~11 minutes from its first line and in the
+# order the results matter, each job in its own slice (every study sizes
+# its work to its slice from a measured calibration, and its chunks of runs
+# to the device's memory by compiling them: benchmarks/protocol.py):
+#   step_cost    (~4 min) the 24M MLP cells with the projection path and the
+#                peer, a GPT-2-small LM step and a BN ResNet step
+#   fashion_cnn  (~3 min) the BN ResNet on Fashion-MNIST
+#   lm_gpu       (~3 min) a 7M-parameter GPT on Austen
+# Every job writes its JSON as it goes ("complete": false until the end).
 set -u
-JOBS=${*:-"step_cost"}
+JOBS=${*:-"step_cost fashion_cnn lm_gpu"}
 R=$OUT/results; mkdir -p "$R"
 export PYTHONUNBUFFERED=1
 # The studies pin themselves to one CPU for bit-reproducible CPU runs
@@ -36,9 +39,9 @@ job fashion 60 python3 -m benchmarks.generalization --preset fashion --data .gpu
 job mnist1d 110 python3 -m benchmarks.generalization --full --out "$R"
 job movielens 40 python3 -m benchmarks.generalization --preset movielens --data .gpudata/dslabs/Rdata --out "$R"
 job overhead 420 python3 -m benchmarks.overhead --full --repeats 15 --out "$R" --tag _gpu
-job step_cost 480 python3 -m benchmarks.overhead --suite device --repeats 15 --out "$R" --tag _gpu_suite
-job fashion_cnn 540 python3 -m benchmarks.device_jobs fashion-cnn --budget 420 --data .gpudata/fashion --out "$R"
-job lm_gpu 540 python3 -m benchmarks.device_jobs lm-gpu --budget 420 --data .gpudata/austen --out "$R"
+job step_cost 240 python3 -m benchmarks.overhead --suite device --repeats 15 --out "$R" --tag _gpu_suite
+job fashion_cnn 200 python3 -m benchmarks.device_jobs fashion-cnn --budget 150 --data .gpudata/fashion --out "$R"
+job lm_gpu 200 python3 -m benchmarks.device_jobs lm-gpu --budget 150 --data .gpudata/austen --out "$R"
 # The projection's tests on the accelerator's jax (its fusion decides the
 # temporaries that test_constrain_after asserts on).
 job tests 100 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_constrain_after.py tests/test_lawn.py

@@ -348,11 +348,11 @@ class Runner:
 
   def __init__(self, task: Task, family: str, batch: int, epochs: int,
                schedule: str = "cosine", max_runs: int | None = None,
-               progress=None, **lawn_kwargs):
+               progress=None, memory_bytes: int | None = None, **lawn_kwargs):
     fn, self.total = train_program(task, family, batch, epochs, schedule,
                                    **lawn_kwargs)
     self.program = protocol.PaddedProgram(
-        fn, max_runs, f"B={batch} {family} program", progress)
+        fn, max_runs, f"B={batch} {family} program", progress, memory_bytes)
 
   @property
   def seconds(self) -> list[float]:
@@ -377,14 +377,15 @@ REGIME = ("final_train_loss", "final_logit_norm", "epochs_to_best_val")
 def protocol_cells(task: Task, names: list[str], batch: int, epochs: int,
                    seeds, studies, schedule: str = "cosine",
                    max_extensions: int = 4, lr_grids=None, log=print,
-                   max_runs: int | None = None, progress=None):
+                   max_runs: int | None = None, progress=None,
+                   memory_bytes: int | None = None):
   """Every method named, tuned and reported under :mod:`benchmarks.protocol`
   at one batch size (every configuration on every seed, repeated studies);
   returns (cells, paired comparisons, seconds, reduced-budget cells: the
   free_steps="auto" default, when lawn-adam-auto is among the methods)."""
   by_family = method_grids(names, lr_grids)
-  runners = {f: Runner(task, f, batch, epochs, schedule, max_runs, progress)
-             for f in by_family}
+  runners = {f: Runner(task, f, batch, epochs, schedule, max_runs, progress,
+                       memory_bytes) for f in by_family}
 
   def run_many(runs: list[protocol.Run]) -> list[dict[str, Any]]:
     # One program per family; the tuning rounds are joint, so that every

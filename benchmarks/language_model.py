@@ -177,7 +177,7 @@ class Study:
                                                             "cosine"))
     self.program = protocol.PaddedProgram(
         jax.jit(jax.vmap(self.train_one)), cfg.get("max_runs"),
-        f"B={batch} program", progress)
+        f"B={batch} program", progress, cfg.get("memory_bytes"))
 
   def init(self, seed: int):
     from flax import nnx
@@ -248,13 +248,14 @@ class Study:
              "frozen_at": lo.frozen_at(state)}
     return final, logs
 
-  def run_many(self, runs: list[protocol.Run]) -> list[dict[str, Any]]:
-    def initial_params(padded):
-      inits = {s: self.init(s) for s in sorted({r.seed for r in padded})}
-      return (jax.tree.map(lambda *xs: jnp.stack(xs),
-                           *[inits[r.seed] for r in padded]),)
+  def initial_params(self, padded: list[protocol.Run]) -> tuple:
+    """The program's extra argument: each run's initial params, stacked."""
+    inits = {s: self.init(s) for s in sorted({r.seed for r in padded})}
+    return (jax.tree.map(lambda *xs: jnp.stack(xs),
+                         *[inits[r.seed] for r in padded]),)
 
-    final, logs = self.program(runs, initial_params)
+  def run_many(self, runs: list[protocol.Run]) -> list[dict[str, Any]]:
+    final, logs = self.program(runs, self.initial_params)
     out = []
     for i in range(len(runs)):
       curves = {k: v[i].tolist() for k, v in logs.items()}
@@ -285,7 +286,11 @@ def pairs(methods: list[str]) -> list[tuple[str, str]]:
   return [p for p in dict.fromkeys(out) if set(p) <= set(methods)]
 
 
-def run(cfg: dict[str, Any], corpus: data.Corpus, log=print) -> dict[str, Any]:
+def run(cfg: dict[str, Any], corpus: data.Corpus, log=print,
+        on_batch=None) -> dict[str, Any]:
+  """The study: every batch size of ``cfg`` under the protocol. After each
+  batch size, ``on_batch(results)`` gets the results so far (``"complete":
+  False`` until the last), so a caller can write them."""
   grids = {m: g for m, g in method_grids(tuple(cfg["lrs"])).items()
            if m in cfg["methods"]}
   unknown = set(cfg["methods"]) - set(grids)
@@ -324,6 +329,15 @@ def run(cfg: dict[str, Any], corpus: data.Corpus, log=print) -> dict[str, Any]:
                     "runs": sum(c["num_configs"] * len(seeds)
                                 for c in cells.values())})
     log(f"  trained in {sum(study.program.seconds):.0f} s")
+    if study.program.sizing:
+      batches[-1]["memory_sizing"] = study.program.sizing
+    results = _results(cfg, corpus, seeds, studies, study, batches)
+    if on_batch is not None:
+      on_batch(results)
+  return results
+
+
+def _results(cfg, corpus, seeds, studies, study, batches) -> dict[str, Any]:
   mask = lo.masks.explain(build_model(cfg), study.probe[:1, :-1],
                           print_fn=None)
   return {"benchmark": "language_model", "config": cfg,
@@ -338,7 +352,8 @@ def run(cfg: dict[str, Any], corpus: data.Corpus, log=print) -> dict[str, Any]:
                               "test: their odd chapters"},
           "lawn_mask": str(mask), "schedule": cfg.get("schedule", "cosine"),
           "max_extensions": cfg.get("max_extensions", 2),
-          "batches": batches, "environment": common.environment()}
+          "batches": batches, "environment": common.environment(),
+          "complete": len(batches) == len(cfg["batch_sizes"])}
 
 
 def main(argv=None):
@@ -361,11 +376,14 @@ def main(argv=None):
   print(f"writing to {args.out} (pass --out to change)", flush=True)
   corpus = data.austen(args.data, max_train_chars=cfg["train_chars"])
   t0 = time.perf_counter()
-  results = run(cfg, corpus, lambda line: print(line, flush=True))
-  results["seconds_total"] = time.perf_counter() - t0
-  results.update(common.provenance_of_code())
   out_dir = Path(args.out)
   name = f"language_model_{mode.split('-')[0]}{cfg.get('tag', '')}{args.tag}"
+  # Written after every batch size ("complete": false until the last).
+  write = lambda r: common.write_json(name, {**r, **common.provenance_of_code()},
+                                      out_dir)
+  results = run(cfg, corpus, lambda line: print(line, flush=True), write)
+  results["seconds_total"] = time.perf_counter() - t0
+  results.update(common.provenance_of_code())
   path = common.write_json(name, results, out_dir)
   from benchmarks import tables
   table = tables.language_model_table(results)

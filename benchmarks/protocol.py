@@ -705,6 +705,26 @@ class Progress:
              f"{left / 60:.1f} min left")
 
 
+def memory_limit() -> int:
+  """Bytes a program may use: ``$LAWN_OPTAX_MEMORY_LIMIT`` if set (a test's
+  fake limit), else the device's ``memory_stats()["bytes_limit"]``, else
+  (a CPU) the host's available memory."""
+  import os
+  if os.environ.get("LAWN_OPTAX_MEMORY_LIMIT"):
+    return int(float(os.environ["LAWN_OPTAX_MEMORY_LIMIT"]))
+  stats = jax.devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  raise RuntimeError("no memory limit known: set LAWN_OPTAX_MEMORY_LIMIT")
+
+
 class PaddedProgram:
   """Calls a vmapped program ``fn(hps, seeds, *extra)`` on a list of runs:
   in chunks of at most ``max_runs`` (memory: every run's activations live at
@@ -712,18 +732,60 @@ class PaddedProgram:
   width on an accelerator (:func:`pad_width`); times every call and returns
   NumPy ``(final, logs)`` for the runs asked for. ``extra(padded_runs)``
   supplies any further per-run arguments; ``progress(what, n, seconds)`` is
-  told of every chunk."""
+  told of every chunk.
+
+  With ``memory_bytes``, the first call first sizes ``max_runs`` by the
+  device itself: it compiles the program (no run) for the chunk and reads
+  XLA's ``memory_analysis()``, halving the chunk until its temporary,
+  argument and output bytes fit ``memory_fraction`` of ``memory_bytes``;
+  ``sizing`` records each try."""
 
   def __init__(self, fn: Callable[..., Any], max_runs: int | None = None,
                name: str = "program",
-               progress: Callable[[str, int, float], None] | None = None):
+               progress: Callable[[str, int, float], None] | None = None,
+               memory_bytes: int | None = None,
+               memory_fraction: float = 0.8):
     self.fn, self.max_runs, self.name = fn, max_runs, name
     self.progress = progress
     self.width: int | None = None
     self.seconds: list[float] = []
+    self.memory_bytes, self.memory_fraction = memory_bytes, memory_fraction
+    self.sizing: list[dict[str, int]] = []
+
+  def program_bytes(self, runs: list[Run], extra: Callable[[list[Run]], tuple]
+                    ) -> int:
+    """Temporary + argument + output bytes of the compiled program for a
+    chunk of ``runs`` (compiled, not run; ``extra`` is built for one run
+    and widened as shapes only, so nothing chunk-sized is allocated)."""
+    padded = pad_runs(runs, pad_width(None, len(runs)))
+    widen = lambda x: jax.ShapeDtypeStruct((len(padded),) + x.shape[1:],
+                                           x.dtype)
+    args = (stack_hps([r.config for r in padded]),
+            jnp.asarray([r.seed for r in padded]),
+            *jax.tree.map(widen, extra(padded[:1])))
+    m = self.fn.lower(*args).compile().memory_analysis()
+    return int(m.temp_size_in_bytes + m.argument_size_in_bytes
+               + m.output_size_in_bytes)
+
+  def fit(self, runs: list[Run], extra: Callable[[list[Run]], tuple]) -> int:
+    """The largest chunk (halving from ``max_runs`` or all ``runs``) whose
+    program fits the memory budget."""
+    budget = int(self.memory_fraction * self.memory_bytes)  # type: ignore[operator]
+    n = min(len(runs), self.max_runs or len(runs))
+    while True:
+      need = self.program_bytes(runs[:n], extra)
+      self.sizing.append({"runs": n, "bytes": need, "budget": budget})
+      if need <= budget:
+        return n
+      if n == 1:
+        raise MemoryError(f"{self.name}: one run needs {need:,} bytes, over "
+                          f"the budget of {budget:,}")
+      n = -(-n // 2)
 
   def __call__(self, runs: list[Run],
                extra: Callable[[list[Run]], tuple] = lambda _: ()) -> Any:
+    if self.memory_bytes is not None and not self.sizing:
+      self.max_runs = self.fit(runs, extra)
     n_chunks = 1 if not self.max_runs else -(-len(runs) // self.max_runs)
     size = -(-len(runs) // n_chunks)
     parts = [self._call(runs[i:i + size], extra)

@@ -3,6 +3,8 @@
 import doctest
 import inspect
 
+import jax
+import numpy as np
 import pytest
 
 import lawn_optax as lo
@@ -65,6 +67,17 @@ def test_readme_quickstart_runs():
   grads = nnx.grad(lambda m: m(jnp.ones((4, 40))).sum())(model)
   optimizer.update(model, grads)
   assert bool(jnp.all(jnp.isfinite(model.b.kernel.value)))
+  # The projection path's block, freezing after one step: the norms hold.
+  proj_scope = dict(scope)
+  exec(compile(blocks[2].replace("free_steps=2_000", "free_steps=1"),  # noqa: S102
+               "README projection", "exec"), proj_scope)
+  params, opt_state = proj_scope["params"], proj_scope["opt_state"]
+  for _ in range(3):
+    params, opt_state, loss = proj_scope["train_step"](params, opt_state, x, y)
+  frozen = lo.frozen_norms(opt_state)
+  got = lo.weight_norms(params, lo.masks.kernels)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+               got, frozen)
 
 
 def test_docs_api_page_documents_every_public_name():

@@ -523,3 +523,61 @@ def test_size_epochs():
   assert device_jobs.size_epochs(1e-3, 600, programs=1) == 200
   with pytest.raises(ValueError):
     device_jobs.size_epochs(0.0, 60, programs=1)
+
+
+@pytest.mark.slow   # ~40 s on 2 cores: seven compilations of the program
+def test_memory_sizing_shrinks_the_chunk_and_keeps_the_numbers(monkeypatch):
+  """Issue 42: a program sizes its chunk of runs by compiling it (XLA's
+  memory analysis, no run). Under a fake limit of a third of what the whole
+  program needs, the chunk halves until it fits, and the runs give the same
+  numbers as in one chunk."""
+  from benchmarks import generalization
+  task = generalization.make_task("digits", (8,), max_train=128)
+  runs = [protocol.Run("adam", {"lr": lr}, s) for lr in (1e-3, 1e-2)
+          for s in range(2)]
+  whole = generalization.Runner(task, "adam", 64, 1)
+  need = whole.program.program_bytes(runs, lambda _: ())
+  monkeypatch.setenv("LAWN_OPTAX_MEMORY_LIMIT", str(need // 3))
+  assert protocol.memory_limit() == need // 3
+  sized = generalization.Runner(task, "adam", 64, 1,
+                                memory_bytes=protocol.memory_limit())
+  got, want = sized(runs), whole(runs)
+  tries = sized.program.sizing
+  assert [t["runs"] for t in tries] == [4, 2, 1][:len(tries)]
+  assert tries[-1]["bytes"] <= tries[-1]["budget"] < tries[0]["bytes"]
+  assert sized.program.max_runs == tries[-1]["runs"] < len(runs)
+  assert len(sized.program.seconds) == len(runs) // tries[-1]["runs"]
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g["test_accuracy"], w["test_accuracy"], rtol=1e-6)
+    np.testing.assert_allclose(g["final_train_loss"], w["final_train_loss"],
+                               rtol=1e-5)
+  with pytest.raises(MemoryError, match="one run needs"):
+    protocol.PaddedProgram(whole.program.fn, memory_bytes=1).fit(
+        runs[:1], lambda _: ())
+
+
+@pytest.mark.slow   # ~1 min on 2 cores
+def test_lm_job_killed_mid_run_leaves_a_readable_partial_json(tmp_path):
+  """Issue 42: the LM job writes after every batch size ("complete": false
+  until the last); killed once the first is written, the file is there,
+  parses, says how far it got, and renders as a table."""
+  import os
+  import signal
+  import subprocess
+  import time
+  out = tmp_path / "out"
+  proc = subprocess.Popen([sys.executable, "-m", "benchmarks.device_jobs",
+                           "lm-gpu", "--tiny", "--out", str(out)],
+                          cwd=common.ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  path = out / "language_model_gpu_tiny.json"
+  deadline = time.monotonic() + 600
+  while not path.exists() and proc.poll() is None:
+    assert time.monotonic() < deadline
+    time.sleep(0.2)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  r = json.loads(path.read_text())
+  assert r["complete"] is False and len(r["batches"]) == 1
+  assert r["code_hash"] and r["batches"][0]["comparisons"]
+  assert "| lawn-adam − adam |" in tables.language_model_table(r)

@@ -76,3 +76,25 @@ def test_without_the_pin_thread_count_changes_the_bits(tmp_path):
   (cells_a, _, env_a), (cells_b, _, _) = _two_runs(tmp_path, threads=0)
   assert env_a["cpu_threads"] is None
   assert cells_a != cells_b
+
+
+@pytest.mark.slow  # the main job itself: ~7 min on 2 idle cores
+def test_main_job_reprints_the_committed_table(tmp_path):
+  """README's first command, re-run, writes the committed table byte for
+  byte (and the same per-seed metrics as the committed JSON)."""
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.generalization",
+                         "--out", str(tmp_path)], cwd=ROOT, text=True,
+                        capture_output=True, timeout=3600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  name = "generalization_mnist1d_quick"
+  committed = ROOT / "benchmarks" / "results"
+  assert ((tmp_path / f"{name}.md").read_text()
+          == (committed / f"{name}.md").read_text())
+  got, want = (json.loads((d / f"{name}.json").read_text())
+               for d in (tmp_path, committed))
+  for r in (got, want):
+    for cells in r["cells"].values():
+      for c in cells:
+        c.pop("program_seconds")
+  assert got["cells"] == want["cells"]
+  assert got["comparisons"] == want["comparisons"]
