@@ -11,9 +11,12 @@ method, every one on 8 seeds, 4 repeated studies), prints its progress, and
 writes ``~/lawn_optax_results/generalization_mnist1d_quick.{json,md}`` and
 its figures (or ``$LAWN_OPTAX_RESULTS``, or ``--out DIR``). Its committed twin
 is ``benchmarks/results/generalization_mnist1d_quick.json``: the same
-command gives the same numbers on the same CPU and versions (checked: two
-runs at two commits gave identical tables). About 9 minutes on this project's
-2-core CPU (547 s beside another run; 35 epochs, one extension round).
+command gives the same numbers, bit for bit, on any machine with the same
+instruction set and versions, since it pins itself to one CPU
+(:func:`benchmarks.common.pin_cpu_threads`; checked: a run beside a test
+suite at dd0518f and one alone at 16dc40b gave identical per-seed metrics).
+About 16 minutes on this project's 2-core CPU (947 s alone; 35 epochs, one
+extension round).
 
 Protocol (per dataset and batch size = one *cell*): the same epoch budget at
 every batch size; a validation split carved from the training set; every

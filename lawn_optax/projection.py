@@ -275,15 +275,18 @@ def project_norms(params: Any, opt_state: Any) -> Any:
   (the chain's additive update ``u' = k (w + u) - w`` is rounded again when
   ``apply_updates`` adds it back). It reads the new weights twice (the norm,
   then the rescale) and writes them once: inside a jitted step with donated
-  params, XLA fuses ``apply_updates`` and the rescale into one pass that
-  writes the parameter buffer in place, as a hand-written ``w <- c w /
-  ||w||`` does; the chain's exact retraction needs the update and the old
-  weights for its norm before it can emit anything.
+  params and constant targets (FixNorm, WRS, max-norm), XLA fuses
+  ``apply_updates`` and the rescale into one pass that writes the parameter
+  buffer in place, as a hand-written ``w <- c w / ||w||`` does; the chain's
+  exact retraction needs the update and the old weights for its norm before
+  it can emit anything. With targets captured at a freeze step (LAWN), the
+  capture (a conditional that reads the weights) still makes XLA:CPU copy
+  the weights on every step (``benchmarks/results/overhead.md``).
 
   When to use which: the chain (the default) composes like any optax
   transform, and code that only calls ``update`` and ``apply_updates`` needs
-  nothing else; the projection costs less (``benchmarks/results/overhead*``),
-  for steps where the optimizer's update is a large part of the time.
+  nothing else; the projection holds the norms more tightly, and costs what
+  a hand-written projection costs for constant targets.
 
   Under ``optax.MultiSteps`` (accumulation steps) and
   ``optax.apply_if_finite`` (rejected steps) the weights did not move, and
