@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from benchmarks import common
 
@@ -144,6 +145,7 @@ def _summary_rows(path: Path) -> list[str]:
       who = "auto" if a in (_AUTO, "lawn-adam-auto") else "LAWN"
       reading = {better: f"**{who} better**", worse: f"**{who} worse**",
                  "unstable": "*unstable*"}.get(c["verdict"], "no difference")
+      reading += _closeness(c)
       digits = 3 if lm else 2
       rows.append(f"| {name} | {c['batch_size']} | "
                   f"{_LABELS.get(a, a + ' − ' + b)} | "
@@ -161,6 +163,20 @@ def not_rerun(results_dir: Path = common.RESULTS) -> list[str]:
   old = results_dir / "legacy" / "first_protocol"
   return sorted(p.name for p in old.glob("*.json")
                 if not (results_dir / p.name).exists())
+
+
+def _closeness(c: dict[str, Any]) -> str:
+  """How many studies are significant on their own, and which way: the
+  distance of a verdict from its neighbour (a last-bit change that flips one
+  study moves "no difference" to "unstable"), e.g. `` (2/4 ▼)``."""
+  studies = c.get("studies") or []
+  if not studies:
+    return ""
+  up = sum(st.get("verdict") == "higher" for st in studies)
+  down = sum(st.get("verdict") == "lower" for st in studies)
+  marks = " ".join(f"{k}/{len(studies)} {m}" for k, m in ((up, "▲"),
+                                                          (down, "▼")) if k)
+  return f" ({marks or f'0/{len(studies)} significant'})"
 
 
 def summary_section(results_dir: Path = common.RESULTS) -> str:
@@ -181,7 +197,9 @@ def summary_section(results_dir: Path = common.RESULTS) -> str:
       "|---|---|---|---|---|", *rows, "",
       "A difference is *better*/*worse* only when every repeated study (each "
       "selecting on its own seeds) says so and the pooled interval excludes 0; "
-      "*unstable* when the studies disagree. Every table, with each study's "
+      "*unstable* when the studies disagree; in brackets, how many studies "
+      "are significant on their own (▲ higher, ▼ lower), i.e. how near a "
+      "verdict is to its neighbour. Every table, with each study's "
       "difference, the regime (train loss, logit norm) and the sensitivity "
       "figures: `benchmarks/results/*.md` and the docs' results page.",
       *tail])

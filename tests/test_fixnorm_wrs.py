@@ -8,7 +8,7 @@ import pytest
 
 import lawn_optax as lo
 from benchmarks import models
-from tests import helpers
+from tests import helpers, tolerance
 
 rng = np.random.default_rng(0)
 X = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
@@ -57,7 +57,8 @@ def test_radius_r_equals_unit_radius_with_rescaled_lr(opt):
   for a, b in zip(big, unit):
     np.testing.assert_allclose(a["w"] / r, b["w"], rtol=2e-4, atol=2e-6)
     np.testing.assert_allclose(a["head"], b["head"], rtol=2e-4, atol=2e-6)
-    np.testing.assert_allclose(jnp.linalg.norm(a["w"]), r, rtol=1e-5)
+    np.testing.assert_allclose(jnp.linalg.norm(a["w"]), r,
+                               rtol=tolerance.held_norm_rtol(24))
   # And the check can fail: without rescaling the learning rate it does not hold.
   wrong = _trajectory(tx(eta, 1.0), {"w": w / jnp.linalg.norm(w), "head": head})
   assert not np.allclose(big[-1]["w"] / r, wrong[-1]["w"], rtol=1e-3)
@@ -75,8 +76,10 @@ def test_classifier_keeps_alpha_and_body_keeps_init_norms():
     g = jax.tree.map(lambda x: jnp.sin(x * (t + 1)), params)
     u, state = tx.update(g, state, params)
     params = optax.apply_updates(params, u)
-    np.testing.assert_allclose(jnp.linalg.norm(params["body"]), init, rtol=1e-5)
-    np.testing.assert_allclose(jnp.linalg.norm(params["head"]), 2.5, rtol=1e-5)
+    np.testing.assert_allclose(jnp.linalg.norm(params["body"]), init,
+                               rtol=tolerance.held_norm_rtol(20))
+    np.testing.assert_allclose(jnp.linalg.norm(params["head"]), 2.5,
+                               rtol=tolerance.held_norm_rtol(12))
   assert list(state) == ["base", "fixnorm", "classifier"]
 
 

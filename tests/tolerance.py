@@ -67,3 +67,12 @@ def reduction_bound(terms: int, scale: float, *, reductions: int, steps: int = 1
     computations that reduce in different orders differ by at most twice it.
   """
   return steps * (reductions * gamma(terms, u) + ops * u) * scale
+
+
+def held_norm_rtol(terms: int) -> float:
+  """The relative tolerance between a norm the library holds and its target
+  (or the same norm on two steps): two norms of ``terms`` terms, each in its
+  own order (the retraction's and the check's), and the retraction's
+  elementwise roundings. Independent of the steps: every step retracts
+  onto the target afresh."""
+  return reduction_bound(terms, 1.0, reductions=2)

@@ -168,11 +168,13 @@ for name, make in METHODS.items():
           [(a, b, max(amax(b), amax(w0))) for a, b, w0 in zip(
               jax.tree.leaves(got), jax.tree.leaves(exact),
               jax.tree.leaves(params))], condition)
-  # The whole step (update, apply, and the projection where there is one).
+  # The update's program; on the projection path the whole step (the norms
+  # are taken in project_norms, after apply_updates).
   def whole(g, s, p, tx=tx, method=method):
     u, s = tx.update(g, s, p)
     return registry.apply(method, p, u, s), s
-  hlo = jax.jit(whole).lower(sg, s8, sp).compile().as_text()
+  hlo = (jax.jit(whole) if method.projected else step).lower(
+      sg, s8, sp).compile().as_text()
   found = lo.frozen_norms(s8)
   targets = {} if found is None else {
       jax.tree_util.keystr(k): str(v.sharding.spec)
