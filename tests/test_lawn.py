@@ -11,20 +11,10 @@ import lawn_optax as lo
 from tests import helpers, tolerance
 from tests import reference as ref
 
-SHAPES = {"k1": (6, 5), "k2": (5, 3), "b": (3,)}
+SHAPES = helpers.SMALL_SHAPES
 MASK = {"k1": True, "k2": True, "b": False}
 LR = {"sgd": 0.05, "adam": 0.02}
-
-
-def _init_params(seed=0):
-  rng = np.random.default_rng(seed)
-  return {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
-
-
-def _targets(steps, seed=1):
-  rng = np.random.default_rng(seed)
-  return [{k: rng.normal(size=s) for k, s in SHAPES.items()}
-          for _ in range(steps)]
+_init_params, _targets = helpers.small_params, helpers.small_targets
 
 
 def _np_grad(w, targets, t):
@@ -66,15 +56,10 @@ def test_matches_numpy_reference(opt, granularity, tangent):
   state = tx.init(params)
   for t in range(steps):
     params, state = step(params, state, jtargets[t])
-    for k in SHAPES:
-      # float32 against float64: within the error model's bound
-      # (tests/tolerance.py) of 30-term norms, two a step (the tangent's
-      # inner product, the retraction's norm), relative to the weights.
-      bound = tolerance.reduction_bound(
-          30, float(np.max(np.abs(expected[t][k]))), reductions=2,
-          steps=t + 1)
-      np.testing.assert_allclose(params[k], expected[t][k], rtol=0,
-                                 atol=bound, err_msg=f"{k} at step {t}")
+    # float32 against float64: within the error model's bound
+    # (tests/tolerance.py) of 30-term norms, two a step (the tangent's
+    # inner product, the retraction's norm), relative to the weights.
+    tolerance.assert_matches_float64(params, expected[t], t + 1, terms=30)
   got = lo.frozen_norms(state)
   for k, v in frozen.items():
     np.testing.assert_allclose(got[k], v, rtol=tolerance.reduction_bound(

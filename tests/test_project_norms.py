@@ -12,21 +12,11 @@ import optax
 import pytest
 
 import lawn_optax as lo
+from tests import helpers, tolerance
 from tests import reference as ref
-from tests import tolerance
 
-SHAPES = {"k1": (6, 5), "k2": (5, 3), "b": (3,)}
-
-
-def _params(seed=0):
-  rng = np.random.default_rng(seed)
-  return {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
-
-
-def _targets(steps, seed=1):
-  rng = np.random.default_rng(seed)
-  return [{k: rng.normal(size=s) for k, s in SHAPES.items()}
-          for _ in range(steps)]
+SHAPES = helpers.SMALL_SHAPES
+_params, _targets = helpers.small_params, helpers.small_targets
 
 
 def _trajectory(tx, params0, targets, project):
@@ -64,12 +54,7 @@ def test_matches_numpy_reference_and_holds_the_norm_exactly(granularity,
                retraction="projection")
   got = _trajectory(tx, params0, targets, project=True)
   for t, (params, state) in enumerate(got):
-    for k in SHAPES:
-      bound = tolerance.reduction_bound(
-          30, float(np.max(np.abs(expected[t][k]))), reductions=2,
-          steps=t + 1)
-      np.testing.assert_allclose(params[k], expected[t][k], rtol=0,
-                                 atol=bound, err_msg=f"{k} at step {t}")
+    tolerance.assert_matches_float64(params, expected[t], t + 1, terms=30)
     if t >= free_steps:
       # Exact to the rounding of the norm itself, at every step (no drift
       # accumulates): the norm of a 30-term tensor, then one multiply.

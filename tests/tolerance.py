@@ -37,6 +37,8 @@ model that forgot an error source shows there.
 
 from __future__ import annotations
 
+import numpy as np
+
 U32 = 2.0 ** -24  # float32 unit roundoff (round to nearest)
 
 
@@ -76,3 +78,15 @@ def held_norm_rtol(terms: int) -> float:
   elementwise roundings. Independent of the steps: every step retracts
   onto the target afresh."""
   return reduction_bound(terms, 1.0, reductions=2)
+
+
+def assert_matches_float64(params: dict, expected: dict, steps: int,
+                           terms: int, reductions: int = 2) -> None:
+  """float32 ``params`` after ``steps`` steps against a float64 reference's
+  ``expected`` (both dicts of arrays): each leaf within one bound, relative
+  to its largest magnitude."""
+  for k, want in expected.items():
+    bound = reduction_bound(terms, float(np.max(np.abs(want))),
+                            reductions=reductions, steps=steps)
+    np.testing.assert_allclose(params[k], want, rtol=0, atol=bound,
+                               err_msg=f"{k} after {steps} steps")
