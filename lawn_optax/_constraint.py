@@ -253,7 +253,6 @@ class Constraint(NamedTuple):
     return (jax.tree.unflatten(u_def, _gating.with_leaves(u, idx, new_us)),
             self.new_state(state, sel, idx, t_all, ts, active, trigger))
 
-
   def _bookkeeping(self, updates: Any, state: Any, params: Any
                    ) -> tuple[Any, NormProjectionState]:
     """The projection mode's update: the phase, the targets (captured from
