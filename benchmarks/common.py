@@ -173,20 +173,24 @@ def pin_cpu_threads(n: int = CPU_THREADS) -> dict[str, Any]:
   return dict(_PINNED)
 
 
+def _cpuinfo_field(name: str) -> str | None:
+  """The first ``name : value`` line of /proc/cpuinfo (None off Linux)."""
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith(name):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return None
+
+
 def cpu_flags() -> list[str]:
   """The vector-instruction flags of this CPU that XLA:CPU compiles for
   (AVX2, FMA, the AVX-512 subsets, AMX): two machines that both say "AMD
   EPYC" can differ here, and so can their last bits."""
-  try:
-    text = Path("/proc/cpuinfo").read_text()
-  except OSError:
-    return []
-  for line in text.splitlines():
-    if line.startswith("flags"):
-      return sorted(f for f in line.split(":", 1)[1].split()
-                    if f in ("avx", "avx2", "fma", "f16c") or
-                    f.startswith(("avx512", "amx", "avx_vnni")))
-  return []
+  return sorted(f for f in (_cpuinfo_field("flags") or "").split()
+                if f in ("avx", "avx2", "fma", "f16c") or
+                f.startswith(("avx512", "amx", "avx_vnni")))
 
 
 def _version(module: str) -> str | None:
@@ -198,13 +202,8 @@ def _version(module: str) -> str | None:
 
 
 def cpu_model() -> str:
-  try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
+  return (_cpuinfo_field("model name") or platform.processor()
+          or platform.machine())
 
 
 def environment() -> dict[str, Any]:

@@ -28,6 +28,9 @@ optimizer and every variant:
                                update, ``optax.apply_updates``, then
                                ``w <- c w / ||w||`` on the masked leaves (exact,
                                per tensor), into the donated parameter buffer
+  peer-capture                 the same, by hand for LAWN: the norms taken
+                               from the weights on the freeze step (a
+                               ``where``, every step), then projected
 
 ``--suite device`` (one accelerator session, ``benchmarks/device_run.sh
 step_cost``): the 24M MLP with Adam, SGD-m and LAMB, then models people
@@ -103,6 +106,7 @@ def _variants(mask):
       "lawn-projection-free": lambda base: Projected(lawn(
           base, free_steps=NEVER, retraction="projection")),
       "peer": lambda base: Peer(base, mask),
+      "peer-capture": lambda base: Peer(base, mask, freeze_at=1),
   }
 
 
@@ -123,7 +127,7 @@ BATCH = {"mlp": 256, "cnn": 8, "resnet": 256, "gpt": 8, "gpt-tiny": 4}
 # (kind, width, optimizer, programs, batch). --tiny: the same at toy sizes.
 _MLP_CELLS = ("base", "lawn-tensor", "lawn-unit", "lawn-free", "lawn-lazy",
               "lawn-lazy-free", "lawn-projection", "lawn-projection-free",
-              "fixnorm", "wrs", "peer")
+              "fixnorm", "wrs", "peer", "peer-capture")
 DEVICE_SUITE = [
     ("mlp", 4096, "adam", ("update", "step"), 256, _MLP_CELLS),
     ("gpt", 768, "adam", ("step",), 8, None),
@@ -145,24 +149,34 @@ class Peer:
   """The hand-written projection a user would write after
   ``optax.apply_updates``: ``w <- c w / ||w||`` on the masked leaves, ``c``
   their norms when it was set up (exact, per tensor). Its state is the base
-  optimizer's and the norms."""
+  optimizer's and the norms. With ``freeze_at``, LAWN by hand: ``c`` is
+  taken from the weights on update ``freeze_at`` (a ``where``, no branch)
+  and the projection acts from then on."""
 
-  def __init__(self, base: optax.GradientTransformation, mask):
-    self.base, self.mask = base, mask
+  def __init__(self, base: optax.GradientTransformation, mask,
+               freeze_at: int | None = None):
+    self.base, self.mask, self.freeze_at = base, mask, freeze_at
 
   def init(self, params):
     norms = jax.tree.map(lambda w, m: jnp.linalg.norm(w) if m else None,
                          params, self.mask)
-    return self.base.init(params), norms
+    return self.base.init(params), norms, jnp.zeros([], jnp.int32)
 
   def update(self, grads, state, params):
     u, base_state = self.base.update(grads, state[0], params)
-    return u, (base_state, state[1])
+    norms, count = state[1], state[2]
+    if self.freeze_at is not None:
+      norms = jax.tree.map(
+          lambda w, m, c: jnp.where(count == self.freeze_at,
+                                    jnp.linalg.norm(w), c) if m else c,
+          params, self.mask, norms)
+    return u, (base_state, norms, count + 1)
 
   def project(self, params, state):
+    on = True if self.freeze_at is None else state[2] > self.freeze_at
     return jax.tree.map(
-        lambda w, m, c: (w * (c / jnp.linalg.norm(w)).astype(w.dtype)
-                         if m else w), params, self.mask, state[1])
+        lambda w, m, c: (jnp.where(on, w * (c / jnp.linalg.norm(w)).astype(
+            w.dtype), w) if m else w), params, self.mask, state[1])
 
 
 class Projected:

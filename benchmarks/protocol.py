@@ -33,6 +33,7 @@ when it can) and returns each run's metrics.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -709,7 +710,6 @@ def memory_limit() -> int:
   """Bytes a program may use: ``$LAWN_OPTAX_MEMORY_LIMIT`` if set (a test's
   fake limit), else the device's ``memory_stats()["bytes_limit"]``, else
   (a CPU) the host's available memory."""
-  import os
   if os.environ.get("LAWN_OPTAX_MEMORY_LIMIT"):
     return int(float(os.environ["LAWN_OPTAX_MEMORY_LIMIT"]))
   stats = jax.devices()[0].memory_stats() or {}

@@ -33,6 +33,7 @@ from lawn_optax.numerics import (
     norm_of_sum,
     rescaled_update,
     retraction_scale,
+    tracked_norm,
 )
 
 Retraction = Literal["exact", "lazy", "projection"]
@@ -78,6 +79,9 @@ class NormProjectionState:
     active: bool ``[]``, whether the step just taken acts (the projection
       rescales only then; LAWN's free phase and WRS between periods are
       left untouched).
+    scales: the targets' tree; float32 powers of two near each masked
+      weight's norm at the last update (the capture's squares are taken
+      relative to them: :func:`lawn_optax.numerics.tracked_norm`).
     rule, granularity, unit_axis, eps: the constraint's settings, static
       (pytree metadata, not leaves): the projection applies the same rule
       to the same norms as the chain would.
@@ -91,6 +95,7 @@ class NormProjectionState:
   """
   constraint: NormConstraintState
   active: Any  # bool []
+  scales: Any
   rule: Rule
   granularity: _tree.Granularity
   unit_axis: int
@@ -98,7 +103,7 @@ class NormProjectionState:
 
 
 jax.tree_util.register_dataclass(
-    NormProjectionState, data_fields=["constraint", "active"],
+    NormProjectionState, data_fields=["constraint", "active", "scales"],
     meta_fields=["rule", "granularity", "unit_axis", "eps"])
 
 
@@ -187,7 +192,11 @@ class Constraint(NamedTuple):
         trigger=() if self.auto is None else autofreeze.init())
     if self.retraction != "projection":
       return state
-    return NormProjectionState(state, jnp.zeros([], bool), self.rule,
+    scales = sel.map(lambda w: tracked_norm(
+        w, leaf_norm(w, self.granularity, self.unit_axis), self.granularity,
+        self.unit_axis)[1], leaves)
+    return NormProjectionState(state, jnp.zeros([], bool),
+                               sel.unflatten(scales), self.rule,
                                self.granularity, self.unit_axis, self.eps)
 
   def select(self, updates: Any, params: Any):
@@ -257,18 +266,42 @@ class Constraint(NamedTuple):
                    ) -> tuple[Any, NormProjectionState]:
     """The projection mode's update: the phase, the targets (captured from
     the weights before the update, as the chain does) and the step counter;
-    the update itself passes through, bit for bit."""
+    the update itself passes through, bit for bit.
+
+    The capture is not behind a conditional, unlike the chain's: a
+    ``lax.cond`` that reads the weights keeps XLA:CPU from writing
+    ``apply_updates`` into the donated parameter buffer (one
+    parameter-sized copy per step, seen in the memory analysis). So the
+    norm is taken on every step, one reduction with no branch (its squares
+    relative to the last norm seen, :func:`tracked_norm`), and kept on the
+    capture step only."""
     if not isinstance(state, NormProjectionState):
       raise _tree.swapped_state_error(state, "a NormProjectionState")
     inner = state.constraint
     sel, idx, w, _, _ = self.select(updates, params)
     ws = [w[i] for i in idx]
     active, trigger = self.phase(inner, ws)
-    t_all, ts = self.targets(inner, sel, idx, ws, active)
+    t_all = sel.flatten(inner.targets, "state.targets")
+    s_all = sel.flatten(state.scales, "state.scales")
+    ts = [t_all[i] for i in idx]
+    if self.target is None:
+      first = inner.frozen_at < 0
+      capture = first if active is None else active & first
+      measured = [tracked_norm(x, s_all[i], self.granularity, self.unit_axis)
+                  for x, i in zip(ws, idx)]
+      ts = [jnp.where(capture, n, t) for (n, _), t in zip(measured, ts)]
+      s_all = _gating.with_leaves(s_all, idx, [s for _, s in measured])
+      # The updates (bits unchanged) wait for the norms, so the weights are
+      # read before apply_updates writes them in place.
+      token = _gating.order_token([n for n, _ in measured])
+      u, u_def = jax.tree.flatten(updates, is_leaf=_tree.is_masked_node)
+      updates = jax.tree.unflatten(u_def, _gating.with_leaves(
+          u, idx, [_gating.after(u[i], token) for i in idx]))
     return updates, dataclasses.replace(
         state, constraint=self.new_state(inner, sel, idx, t_all, ts, active,
                                          trigger),
-        active=jnp.ones([], bool) if active is None else active)
+        active=jnp.ones([], bool) if active is None else active,
+        scales=sel.unflatten(s_all))
 
 
 def project(params: Any, state: NormProjectionState, what: str,
@@ -302,8 +335,10 @@ def project(params: Any, state: NormProjectionState, what: str,
   # rescale both fuse with apply_updates, as in a hand-written projection.
   # The price: the norms are computed in LAWN's free phase too (k = 1 there).
   acts = jnp.asarray(state.active, bool) & took_step
-  ks = [jnp.where(acts, c.scale(t, c.norm(w, None, t)), 1.0)
-        for w, t in zip(ws, ts)]
+  # A NaN target (a capture out of range, tracked_norm) makes the weights
+  # NaN, loudly, where the rule alone would leave them unconstrained.
+  ks = [jnp.where(acts, jnp.where(jnp.isnan(t), t, c.scale(
+      t, c.norm(w, None, t))), 1.0) for w, t in zip(ws, ts)]
   rescaled = []
   for w, k in zip(ws, ks):
     dtype = _gating.compute_dtype(w)

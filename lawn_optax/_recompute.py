@@ -50,14 +50,6 @@ def cheap_to_recompute(jaxpr: Any) -> bool:
   return True
 
 
-def _order_token(ks: list) -> Any:
-  """Always True, but computed from the gate's branch: selecting the
-  gradient on it (bits unchanged) orders the in-place writes of the base
-  state after the branch's reads of it; without it XLA copies the state."""
-  return 0.0 * sum(jnp.sum(jnp.where(jnp.isfinite(k), k, 0.0))
-                   for k in ks) == 0.0
-
-
 def fused_update(c: Any, base: optax.GradientTransformation,
                  chain: optax.GradientTransformation, names: list[str],
                  name: str) -> Any:
@@ -84,7 +76,7 @@ def fused_update(c: Any, base: optax.GradientTransformation,
       u, _ = base_update(*operands)
       u = jax.tree.leaves(u, is_leaf=_tree.is_masked_node)
       ks = [c.scale(t, c.norm(wi, u[i], t)) for t, wi, i in zip(ts, ws, idx)]
-      return ks, _order_token(ks)
+      return ks, _gating.order_token(ks)
 
     skip = lambda _: ([jnp.ones_like(t) for t in ts], jnp.ones([], bool))
     ks, token = _gating.branch(active, scales, skip, (updates, base_state))

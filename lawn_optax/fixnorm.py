@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import optax
 
-from lawn_optax import _tree
+from lawn_optax import _docs, _tree
 from lawn_optax._constraint import Retraction
 from lawn_optax.numerics import DEFAULT_EPS, leaf_norm
 from lawn_optax.projection import constrain_norms
@@ -37,6 +37,7 @@ def _require_nonzero_init_norms(
   return optax.GradientTransformationExtraArgs(init_fn, tx.update)
 
 
+@_docs.shared
 def fixnorm(
     base_tx: optax.GradientTransformation,
     *,
@@ -60,11 +61,7 @@ def fixnorm(
   retractions after ``base_tx`` (state keys ``"base"``, ``"fixnorm"``,
   ``"classifier"``).
 
-  Make it the last transform of a chain: anything after it (clipping,
-  a scaling, another optimizer) changes the update it retracted and the
-  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
-  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
-  lo.fixnorm(...))``.
+  [last-transform]
 
   Args:
     base_tx: the optimizer (SGD with momentum, Adam, ...), without decay.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import jax
 import optax
 
-from lawn_optax import _tree
+from lawn_optax import _docs, _tree
 from lawn_optax._constraint import Retraction
 from lawn_optax.autofreeze import AutoFreeze
 from lawn_optax.numerics import DEFAULT_EPS
@@ -18,6 +19,7 @@ from lawn_optax.projection import constrain_norms_after, project_to_tangent
 FreeSteps = int | jax.Array | Literal["auto"] | AutoFreeze
 
 
+@_docs.shared
 def lawn(
     base_tx: optax.GradientTransformation,
     *,
@@ -76,11 +78,7 @@ def lawn(
   ``base_tx``'s step alone and the constrained phase recomputes
   ``base_tx``'s update inside the gate for the norm rather than storing it.
 
-  Make it the last transform of a chain: anything after it (clipping,
-  a scaling, another optimizer) changes the update it retracted and the
-  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
-  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
-  lo.lawn(base_tx, ...))``.
+  [last-transform]
 
   Weights whose norm is exactly zero at the freeze step (e.g. a zero-initialised
   head with ``free_steps=0``) have nothing to freeze: they stay unconstrained,
@@ -148,6 +146,14 @@ def lawn(
                                **common)
 
 
+def _lawn_args(namespace: dict[str, Any]) -> dict[str, Any]:
+  """The keyword arguments of :func:`lawn` taken from a wrapper's
+  ``locals()``: every one is forwarded (tests/test_api.py checks that each
+  wrapper has them all, with ``lawn``'s defaults)."""
+  return {k: namespace[k] for k in inspect.signature(lawn).parameters
+          if k != "base_tx"}
+
+
 def _free_steps(free_steps: Any) -> tuple[Any, AutoFreeze | None]:
   """(the step that freezes at the latest, the auto rule or None)."""
   if isinstance(free_steps, str):
@@ -165,6 +171,7 @@ def _free_steps(free_steps: Any) -> tuple[Any, AutoFreeze | None]:
   return free_steps, None
 
 
+@_docs.shared
 def lawn_adam(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -178,20 +185,19 @@ def lawn_adam(
     granularity: _tree.Granularity = "tensor",
     tangent_projection: bool = False,
     unit_axis: int | None = None,
+    norm_eps: float = DEFAULT_EPS,
     retraction: Retraction = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   """LAWN on ``optax.adam`` (no weight decay).
 
-  Make it the last transform of a chain: anything after it (clipping,
-  a scaling, another optimizer) changes the update it retracted and the
-  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
-  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
-  lo.lawn_adam(...))``.
+  [lawn-wrapper]
+
+  [last-transform]
 
   Args:
     learning_rate: a float or an optax schedule.
-    free_steps: see :func:`lawn`; so are ``mask``, ``granularity``,
-      ``tangent_projection``, ``unit_axis`` and ``retraction``.
+    free_steps, mask, granularity, tangent_projection, unit_axis, norm_eps,
+      retraction: as in :func:`lawn`.
     b1, b2, eps, eps_root, nesterov: as in ``optax.adam``.
 
   Returns:
@@ -209,11 +215,10 @@ def lawn_adam(
   """
   base = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
                     nesterov=nesterov)
-  return lawn(base, free_steps=free_steps, mask=mask, granularity=granularity,
-              tangent_projection=tangent_projection, unit_axis=unit_axis,
-              retraction=retraction)
+  return lawn(base, **_lawn_args(locals()))
 
 
+@_docs.shared
 def lawn_sgd(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -224,20 +229,19 @@ def lawn_sgd(
     granularity: _tree.Granularity = "tensor",
     tangent_projection: bool = False,
     unit_axis: int | None = None,
+    norm_eps: float = DEFAULT_EPS,
     retraction: Retraction = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   """LAWN on ``optax.sgd`` (heavy-ball or Nesterov momentum, no weight decay).
 
-  Make it the last transform of a chain: anything after it (clipping,
-  a scaling, another optimizer) changes the update it retracted and the
-  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
-  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
-  lo.lawn_sgd(...))``.
+  [lawn-wrapper]
+
+  [last-transform]
 
   Args:
     learning_rate: a float or an optax schedule.
-    free_steps: see :func:`lawn`; so are ``mask``, ``granularity``,
-      ``tangent_projection``, ``unit_axis`` and ``retraction``.
+    free_steps, mask, granularity, tangent_projection, unit_axis, norm_eps,
+      retraction: as in :func:`lawn`.
     momentum, nesterov: as in ``optax.sgd``.
 
   Returns:
@@ -255,11 +259,10 @@ def lawn_sgd(
     Gupta et al., LAWN, arXiv:2108.05839.
   """
   base = optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
-  return lawn(base, free_steps=free_steps, mask=mask, granularity=granularity,
-              tangent_projection=tangent_projection, unit_axis=unit_axis,
-              retraction=retraction)
+  return lawn(base, **_lawn_args(locals()))
 
 
+@_docs.shared
 def lawn_lamb(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -272,20 +275,19 @@ def lawn_lamb(
     granularity: _tree.Granularity = "tensor",
     tangent_projection: bool = False,
     unit_axis: int | None = None,
+    norm_eps: float = DEFAULT_EPS,
     retraction: Retraction = "exact",
 ) -> optax.GradientTransformationExtraArgs:
   """LAWN on ``optax.lamb`` with its weight decay at 0 (LAWN replaces it).
 
-  Make it the last transform of a chain: anything after it (clipping,
-  a scaling, another optimizer) changes the update it retracted and the
-  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
-  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
-  lo.lawn_lamb(...))``.
+  [lawn-wrapper]
+
+  [last-transform]
 
   Args:
     learning_rate: a float or an optax schedule.
-    free_steps: see :func:`lawn`; so are ``mask``, ``granularity``,
-      ``tangent_projection``, ``unit_axis`` and ``retraction``.
+    free_steps, mask, granularity, tangent_projection, unit_axis, norm_eps,
+      retraction: as in :func:`lawn`.
     b1, b2, eps, eps_root: as in ``optax.lamb``.
 
   Returns:
@@ -301,6 +303,4 @@ def lawn_lamb(
   """
   base = optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
                     weight_decay=0.0)
-  return lawn(base, free_steps=free_steps, mask=mask, granularity=granularity,
-              tangent_projection=tangent_projection, unit_axis=unit_axis,
-              retraction=retraction)
+  return lawn(base, **_lawn_args(locals()))

@@ -17,7 +17,7 @@ from lawn_optax import _gating, _tree
 __all__ = ["DEFAULT_EPS", "leaf_norm", "norm_of_sum", "norms",
            "radial_coefficient", "rescaled_update", "retract",
            "retraction_scale", "safe_div", "sum_squares", "sum_squares_of_sum",
-           "tangent"]
+           "tangent", "tracked_norm"]
 
 # Below this norm (of the weight the retraction would rescale) a direction is
 # too poorly defined to hold: the retraction then passes the update through
@@ -40,12 +40,19 @@ def safe_div(num: jax.Array, den: jax.Array, fallback: float) -> jax.Array:
 
 
 def _unit(scale: Any) -> Any:
-  """A positive finite normaliser: ``scale`` where it is one, else 1 (no
-  derivative flows through it: the norm's value does not depend on it)."""
+  """A positive power of two at most ``scale`` and above half of it, where
+  ``scale`` is positive and finite, else 1 (no derivative flows through it:
+  the norm's value does not depend on it). Scaling by a power of two is
+  exact, so the squares of ``x / s`` are those of ``x`` shifted in exponent
+  (a scaled norm has the unscaled one's bits wherever both are in range),
+  and ``x / s`` is computed as ``x * (1 / s)``: a multiply, not a division
+  per element. Clamped to float32's normal range, so ``1 / s`` is too."""
   if scale is None:
     return None
-  scale = jax.lax.stop_gradient(scale)
-  return jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
+  scale = jax.lax.stop_gradient(jnp.asarray(scale, jnp.float32))
+  ok = (scale > 0) & jnp.isfinite(scale)
+  _, e = jnp.frexp(jnp.where(ok, scale, 1.0))
+  return jnp.ldexp(jnp.ones_like(scale), jnp.clip(e - 1, -125, 125))
 
 
 def sum_squares(x: jax.Array, granularity: _tree.Granularity = "tensor",
@@ -57,7 +64,7 @@ def sum_squares(x: jax.Array, granularity: _tree.Granularity = "tensor",
   axes = _reduce_axes(x.ndim, granularity, unit_axis)
   s = _unit(scale)
   if s is not None:
-    x = x / s
+    x = x * (1.0 / s)
   return jnp.sum(x * x, axis=axes, keepdims=axes is not None)
 
 
@@ -96,6 +103,40 @@ _SMALLEST_SQUARES = 1e-30
 
 def _in_range(ss: jax.Array) -> jax.Array:
   return jnp.all(jnp.isfinite(ss) & (ss > _SMALLEST_SQUARES))
+
+
+# How far :func:`tracked_norm`'s scale moves when the norm left its range:
+# 2^60 keeps the squares of x / scale finite on the other side.
+_SCALE_STEP = 60
+
+
+def tracked_norm(x: jax.Array, scale: jax.Array,
+                 granularity: _tree.Granularity = "tensor",
+                 unit_axis: int = -1) -> tuple[jax.Array, jax.Array]:
+  """Float32 norm of ``x`` in one reduction with no conditional, and the
+  scale for the next call.
+
+  ``scale`` is a power of two near the norm (the last one seen): the squares
+  are of ``x / scale``, so the norm has :func:`leaf_norm`'s bits wherever
+  ``||x|| / scale`` is within float32's range of squares (about 1e-15 to
+  1e19). Out of it the norm is NaN (never a confident wrong value) and the
+  scale moves 2^60 toward it; in range the new scale follows the norm, so a
+  norm that drifts by less than that range per call is always exact. An
+  all-zero ``x`` has norm 0 and keeps its scale (so does one whose every
+  square underflows to zero, about 1e19 below the scale, as XLA flushes
+  denormals: a drop that no update of a tracked norm makes). No conditional, so it
+  fuses like any reduction: a ``lax.cond`` that reads donated weights makes
+  XLA:CPU keep a parameter-sized copy of them.
+  """
+  s = _unit(scale)
+  ss = sum_squares(x, granularity, unit_axis, s)
+  in_range = jnp.isfinite(ss) & (ss > _SMALLEST_SQUARES)
+  norm = jnp.where(in_range | (ss == 0), s * _norm_from_squares(ss),
+                   jnp.nan)
+  step = jnp.where(ss > 1.0, _SCALE_STEP, -_SCALE_STEP).astype(jnp.int32)
+  moved = jnp.where(ss == 0, s,  # zero weights (or a NaN): keep the scale
+                    jnp.ldexp(s, jnp.where(jnp.isnan(ss), 0, step)))
+  return norm, jnp.where(in_range, _unit(norm), _unit(moved))
 
 
 def _max_abs_then(x: jax.Array, granularity: str, unit_axis: int
@@ -168,7 +209,7 @@ def sum_squares_of_sum(w: jax.Array, u: jax.Array, granularity: _tree.Granularit
   v = w.astype(jnp.float32) + u.astype(jnp.float32)
   s = _unit(scale)
   if s is not None:
-    v = v / s
+    v = v * (1.0 / s)
   return jnp.sum(v * v, axis=axes, keepdims=axes is not None)
 
 
@@ -193,7 +234,7 @@ def radial_coefficient(w: jax.Array, g: jax.Array, granularity: _tree.Granularit
     w, g = ops
     w32, g32 = w.astype(jnp.float32), g.astype(jnp.float32)
     if m is not None:
-      w32 = w32 / m
+      w32 = w32 * (1.0 / m)
     inner = jnp.sum(w32 * g32, axis=axes, keepdims=axes is not None)
     ss = jnp.sum(w32 * w32, axis=axes, keepdims=axes is not None)
     return inner, ss

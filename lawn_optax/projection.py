@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lawn_optax import _constraint, _gating, _recompute, _tree
+from lawn_optax import _constraint, _docs, _gating, _recompute, _tree
 from lawn_optax._constraint import (
     RETRACTIONS,
     NormConstraintState,
@@ -36,6 +36,7 @@ __all__ = ["RETRACTIONS", "NormConstraintState", "NormProjectionState",
            "project_norms", "project_to_tangent"]
 
 
+@_docs.shared
 def constrain_norms(
     mask: _tree.MaskOrFn,
     *,
@@ -84,11 +85,7 @@ def constrain_norms(
   ``| ||w_new|| - c | <= c ||u|| / ||w||``, and the next step corrects it:
   errors do not accumulate. No extra state.
 
-  Make it the last transform of a chain: anything after it (clipping,
-  a scaling, another optimizer) changes the update it retracted and the
-  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
-  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
-  lo.constrain_norms(...))``.
+  [last-transform]
 
   Args:
     mask: pytree of bools with the params' structure (or a prefix of it), a
@@ -139,6 +136,7 @@ def constrain_norms(
 
 
 
+@_docs.shared
 def constrain_norms_after(
     steps: Sequence[tuple[str, optax.GradientTransformation]],
     name: str,
@@ -188,11 +186,7 @@ def constrain_norms_after(
   those twice costs more than storing the update, or is not allowed
   (checked on the traced update).
 
-  Make it the last transform of a chain: anything after it (clipping,
-  a scaling, another optimizer) changes the update it retracted and the
-  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
-  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
-  lo.constrain_norms_after(...))``.
+  [last-transform]
 
   Args:
     steps: ``(name, transformation)`` pairs of the base chain.
@@ -275,18 +269,21 @@ def project_norms(params: Any, opt_state: Any) -> Any:
   (the chain's additive update ``u' = k (w + u) - w`` is rounded again when
   ``apply_updates`` adds it back). It reads the new weights twice (the norm,
   then the rescale) and writes them once: inside a jitted step with donated
-  params and constant targets (FixNorm, WRS, max-norm), XLA fuses
-  ``apply_updates`` and the rescale into one pass that writes the parameter
-  buffer in place, as a hand-written ``w <- c w / ||w||`` does; the chain's
-  exact retraction needs the update and the old weights for its norm before
-  it can emit anything. With targets captured at a freeze step (LAWN), the
-  capture (a conditional that reads the weights) still makes XLA:CPU copy
-  the weights on every step (``benchmarks/results/overhead.md``).
+  params, XLA writes ``apply_updates`` and the rescale into the parameter
+  buffer in place, as a hand-written ``w <- c w / ||w||`` does (no
+  parameter-sized temporary: tested with XLA's memory analysis); the
+  chain's exact retraction needs the update and the old weights for its
+  norm before it can emit anything. Targets captured at a freeze step
+  (LAWN, FixNorm) cost one more read of the weights per step: the update
+  takes their norm on every step, with no branch, and keeps it on the
+  capture step (a conditional that read the weights would make XLA:CPU
+  copy them instead), as a hand-written LAWN with a ``where`` does
+  (``benchmarks/results/overhead.md``: ``peer-capture``).
 
   When to use which: the chain (the default) composes like any optax
   transform, and code that only calls ``update`` and ``apply_updates`` needs
   nothing else; the projection holds the norms more tightly, and costs what
-  a hand-written projection costs for constant targets.
+  a hand-written projection costs.
 
   Under ``optax.MultiSteps`` (accumulation steps) and
   ``optax.apply_if_finite`` (rejected steps) the weights did not move, and

@@ -7,12 +7,13 @@ from typing import Any
 import jax
 import optax
 
-from lawn_optax import _tree
+from lawn_optax import _docs, _tree
 from lawn_optax._constraint import Retraction
 from lawn_optax.numerics import DEFAULT_EPS, leaf_norm, safe_div
 from lawn_optax.projection import constrain_norms_after
 
 
+@_docs.shared
 def weight_rescaling(
     base_tx: optax.GradientTransformation,
     *,
@@ -39,11 +40,7 @@ def weight_rescaling(
   matters for evaluation between rescales; :func:`rescale_batch_stats`
   rescales the running statistics consistently if it does.
 
-  Make it the last transform of a chain: anything after it (clipping,
-  a scaling, another optimizer) changes the update it retracted and the
-  norms drift, silently (:func:`lawn_optax.check_norms` shows it); put
-  clipping before it, e.g. ``optax.chain(optax.clip_by_global_norm(1.0),
-  lo.weight_rescaling(...))``.
+  [last-transform]
 
   Args:
     base_tx: the optimizer (no weight decay).

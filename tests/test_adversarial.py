@@ -169,6 +169,36 @@ def test_weight_norms_of_huge_and_tiny_arrays_are_exact():
     assert float(lo.weight_norms(x)["w"]) == pytest.approx(ref, rel=1e-6, abs=0)
 
 
+@pytest.mark.numerics
+def test_tracked_norm_is_leaf_norm_in_range_and_nan_out_of_it():
+  """The projection path's capture: the bits of leaf_norm wherever the
+  squares relative to the scale are in range (a power-of-two scale shifts
+  exponents only); NaN, never a confident wrong norm, out of range, with
+  the scale moved 2^60 toward the norm; zeros keep their scale."""
+  from lawn_optax.numerics import leaf_norm, tracked_norm
+  rng = np.random.default_rng(3)
+  for size in (1e-25, 1e-3, 1.0, 7e4, 1e25):
+    x = jnp.asarray(size * rng.standard_normal((6, 5)), jnp.float32)
+    for gran in ("tensor", "unit"):
+      want = leaf_norm(x, gran, -1)
+      got, scale = tracked_norm(x, want * 3.7, gran, -1)
+      np.testing.assert_array_equal(got, want)
+      # The next scale: a power of two within a factor 2 below the norm.
+      ratio = np.asarray(want / scale)
+      assert np.all((ratio >= 1) & (ratio < 2)), (size, gran)
+      assert np.all(np.log2(np.asarray(scale)) % 1 == 0)
+  x = jnp.full((4,), 1e20, jnp.float32)
+  got, scale = tracked_norm(x, jnp.float32(1.0))    # squares overflow
+  assert np.isnan(got) and float(scale) == 2.0**60
+  got, scale = tracked_norm(x, scale)                # 1e20 / 2^60: in range
+  assert float(got) == pytest.approx(2e20, rel=1e-6)
+  got, scale = tracked_norm(jnp.full((4,), 1e-17, jnp.float32),
+                            jnp.float32(1.0))        # squares underflow
+  assert np.isnan(got) and float(scale) == 2.0**-60
+  got, scale = tracked_norm(jnp.zeros((4,)), jnp.float32(8.0))
+  assert float(got) == 0.0 and float(scale) == 8.0
+
+
 # 4. Weights with norm below norm_eps.
 
 @pytest.mark.parametrize("scale", [1e-15, 1e-30])

@@ -4,7 +4,9 @@ import doctest
 import inspect
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import lawn_optax as lo
@@ -142,3 +144,70 @@ def test_eager_update_does_not_recompile_per_call(caplog, method, frozen):
       _, state = tx.update(grads, state, params)
   call = lambda: tx.update(grads, state, params)
   assert not _compiles_on_second_call(call, caplog), method
+
+
+@pytest.mark.parametrize("wrapper", [lo.lawn_adam, lo.lawn_sgd, lo.lawn_lamb])
+def test_wrappers_take_every_argument_of_lawn(wrapper):
+  """Each wrapper has every keyword argument of lo.lawn but base_tx, with
+  lawn's kind, default and annotation: the next argument added to lawn
+  fails here until the wrappers forward it too."""
+  want = {k: v for k, v in inspect.signature(lo.lawn).parameters.items()
+          if k != "base_tx"}
+  have = inspect.signature(wrapper).parameters
+  missing = sorted(set(want) - set(have))
+  assert not missing, f"{wrapper.__name__} drops {missing}"
+  for name, p in want.items():
+    q = have[name]
+    assert (q.kind, q.default, q.annotation) == (p.kind, p.default,
+                                                 p.annotation), name
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: lo.lawn_adam(0.0, **kw),
+    lambda **kw: lo.lawn_sgd(0.0, **kw),
+    lambda **kw: lo.lawn_lamb(0.0, **kw)])
+def test_wrappers_forward_norm_eps(make):
+  """A weight of norm 5e-13 is below the default norm_eps (1e-12), so it
+  is left unconstrained; with norm_eps=0 it is held. Pushed off its frozen
+  norm by hand (doubled), it comes back only where norm_eps reaches the
+  wrapper's retraction."""
+  params = {"w": jnp.asarray([3e-13, 4e-13], jnp.float32)}
+  grads = {"w": jnp.zeros(2)}
+  for norm_eps, held in ((1e-12, False), (0.0, True)):
+    tx = make(free_steps=0, mask={"w": True}, norm_eps=norm_eps)
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params)   # captures 5e-13
+    moved = {"w": params["w"] * 2.0}
+    u, _ = tx.update(grads, state, moved)
+    norm = float(jnp.linalg.norm(optax.apply_updates(moved, u)["w"]))
+    assert (abs(norm - 5e-13) < 1e-18) == held, (norm_eps, norm)
+
+
+def test_no_docstring_paragraph_is_copied_across_the_library():
+  """A paragraph shared by several docstrings lives once, in
+  lawn_optax/_docs.py, and is filled in at import (the marker lines the
+  source holds are not the paragraph). Paragraphs of 120+ characters,
+  whitespace normalised, in the source's docstrings."""
+  import ast
+  import collections
+  from pathlib import Path
+  seen = collections.defaultdict(list)
+  for path in sorted((Path(lo.__file__).parent).glob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module)):
+        continue
+      for para in (ast.get_docstring(node) or "").split("\n\n"):
+        text = " ".join(para.split())
+        if len(text) >= 120:
+          seen[text].append(f"{path.name}:{getattr(node, 'name', '')}")
+  copied = {t[:80]: w for t, w in seen.items() if len(w) > 1}
+  assert not copied, copied
+
+
+def test_shared_paragraphs_are_filled_in_with_the_function_name():
+  for fn in (lo.lawn, lo.lawn_adam, lo.fixnorm, lo.constrain_norms_after):
+    doc = " ".join(fn.__doc__.split())
+    assert "[last-transform]" not in doc
+    assert f"lo.{fn.__name__}(...)" in doc, fn.__name__
+  assert "norm_eps" in lo.lawn_sgd.__doc__
+  assert "[lawn-wrapper]" not in lo.lawn_sgd.__doc__

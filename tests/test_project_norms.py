@@ -73,18 +73,28 @@ def test_matches_numpy_reference_and_holds_the_norm_exactly(granularity,
 
 
 def test_free_phase_is_the_base_optimizer_bit_for_bit():
-  """Before the freeze: the update is Adam's and the projection returns the
-  params unchanged, bit for bit; the state's phase says so."""
-  params0 = _params()
-  targets = _targets(6)
+  """Before the freeze the update is Adam's, bit for bit, the projection
+  returns the params unchanged, bit for bit, and the state's phase says so.
+  (Against a jitted plain ``adam`` + ``apply_updates`` the weights may
+  differ by one rounding per step: XLA may contract Adam's last multiply
+  into the add there, which the capture's ordering of the update, see
+  ``Constraint._bookkeeping``, does not allow.)"""
   mask = {"k1": True, "k2": False, "b": False}
-  got = _trajectory(lo.lawn_adam(0.02, free_steps=50, mask=mask,
-                                 retraction="projection"), params0, targets,
-                    project=True)
-  want = _trajectory(optax.adam(0.02), params0, targets, project=False)
-  for (p, s), (q, _) in zip(got, want):
-    jax.tree.map(np.testing.assert_array_equal, p, q)
-    assert not bool(s["lawn"].active)
+  tx = lo.lawn_adam(0.02, free_steps=50, mask=mask, retraction="projection")
+  adam = optax.adam(0.02)
+  grad = lambda w, x: (w - x) + 0.1 * w**3
+  params = jax.tree.map(jnp.asarray, _params())
+  state = tx.init(params)
+  for a in _targets(6):
+    grads = jax.tree.map(grad, params, jax.tree.map(jnp.float32, a))
+    updates, new_state = jax.jit(tx.update)(grads, state, params)
+    want, _ = jax.jit(adam.update)(grads, state["base"], params)
+    jax.tree.map(np.testing.assert_array_equal, updates, want)
+    applied = jax.jit(optax.apply_updates)(params, updates)
+    projected = jax.jit(lo.project_norms)(applied, new_state)
+    jax.tree.map(np.testing.assert_array_equal, projected, applied)
+    assert not bool(new_state["lawn"].active)
+    params, state = projected, new_state
 
 
 @pytest.mark.parametrize("method", ["lawn", "fixnorm", "wrs", "max_norm"])
@@ -119,7 +129,9 @@ def test_donated_step_holds_no_parameter_sized_temporary():
   """With donated params the projection fuses with apply_updates and writes
   the parameter buffer in place: XLA's memory analysis of the whole step
   (Adam, apply, projection) finds no temporary of a weight's size, as for
-  the hand-written peer; the chain's exact retraction stores the update."""
+  the hand-written peer, for given targets and for targets captured at a
+  freeze step (LAWN, FixNorm: the capture has no conditional, and the
+  update waits for it); the chain's exact retraction stores the update."""
   n = 512
   params = {"w": jnp.ones((n, n)), "b": jnp.ones((n,))}
   mask = {"w": True, "b": False}
@@ -144,9 +156,50 @@ def test_donated_step_holds_no_parameter_sized_temporary():
   wrs = lo.weight_rescaling(optax.adam(1e-3), mask=mask, period=2,
                             granularity="tensor", retraction="projection")
   assert temp_bytes(wrs, True) < weight_bytes // 4
+  for granularity in ("tensor", "unit"):
+    for free_steps in (0, 5):
+      lawn = lo.lawn_adam(1e-3, free_steps=free_steps, mask=mask,
+                          granularity=granularity, retraction="projection")
+      assert temp_bytes(lawn, True) < weight_bytes // 4, (granularity,
+                                                           free_steps)
+  fixnorm = lo.fixnorm(optax.sgd(0.1, momentum=0.9), mask=mask,
+                       retraction="projection")
+  assert temp_bytes(fixnorm, True) < weight_bytes // 4
   chain = optax.chain(optax.adam(1e-3), lo.constrain_norms(
       mask, target=float(n), start_step=5))
   assert temp_bytes(chain, False) >= weight_bytes  # what the path avoids
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+@pytest.mark.parametrize("granularity", ["tensor", "unit"])
+def test_huge_and_tiny_weights_are_captured_and_held(scale, granularity):
+  """The capture's squares are taken relative to the last norm seen, so
+  norms whose squares leave float32's range (1e20: they overflow; 1e-30:
+  they underflow) are captured and held as the chain holds them; and a
+  norm that moves by 1e22 during the free phase is still tracked."""
+  mask = {"w": True}
+  params = {"w": jnp.asarray(scale * np.arange(1.0, 13.0).reshape(3, 4)
+                             / 10.0, jnp.float32)}
+  tx = lo.lawn(optax.sgd(0.0), free_steps=3, mask=mask,
+               granularity=granularity, retraction="projection",
+               norm_eps=0.0)
+  state = tx.init(params)
+  grow = jnp.float32(1e11 if scale < 1 else 1e-11)
+  for t in range(6):
+    u, state = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params),
+                                  state, params)
+    params = lo.project_norms(optax.apply_updates(params, u), state)
+    if t < 2:   # free phase: the weights move by 1e22 in all
+      params = jax.tree.map(lambda w: w * grow, params)
+  want = np.linalg.norm(np.asarray(params["w"], np.float64),
+                        axis=None if granularity == "tensor" else 0)
+  frozen = np.asarray(lo.frozen_norms(state)["w"], np.float64)
+  assert np.all(np.isfinite(np.asarray(params["w"])))
+  np.testing.assert_allclose(frozen.ravel(), np.ravel(want),
+                             rtol=tolerance.reduction_bound(12, 1.0,
+                                                            reductions=2,
+                                                            ops=2))
 
 
 def test_nnx_optimizer_two_line_pattern():
