@@ -342,7 +342,43 @@ def step_cost_targets(results_dir: Path = common.RESULTS) -> str:
       value = cell["variants"][variant][prog][field]
       row.append(f"{value:.2f} ({'met' if value <= bound else 'not met'})")
     lines.append(f"| {what}, {opt} | <= {bound} | " + " | ".join(row) + " |")
-  return "\n".join(lines)
+  return "\n".join(lines + [""] + projection_target(runs))
+
+
+# Issue 40's target: the projection path's update+apply at most this many
+# times the hand-written peer's, measured in the same run.
+PROJECTION_BOUND = 1.10
+
+
+def projection_target(runs: list[tuple[str, dict]]) -> list[str]:
+  """README's lines on issue 40: ``lawn-projection`` (and ``peer-capture``,
+  LAWN by hand) over ``peer`` on the 24M MLP, update+apply, per optimizer,
+  with XLA's bytes and temporary buffer beside them."""
+  lines = ["Issue 40's target, the projection path (`lawn-projection`: "
+           "`retraction=\"projection\"` + `lo.project_norms`) on the 24M "
+           "MLP: update+apply time over the hand-written `peer`'s (constant "
+           f"norms) from the same run, at most {PROJECTION_BOUND}; "
+           "`peer-capture` is LAWN by hand (the norms taken on the freeze "
+           "step with a `where`). Bytes and temp MiB: XLA's.", "",
+           "| run | optimizer | lawn-projection / peer | peer-capture / peer "
+           "| bytes: lawn-projection, peer | temp MiB: lawn-projection, "
+           "peer |", "|---|---|---|---|---|---|"]
+  for name, results in runs:
+    for opt, cell in _mlp24(results).items():
+      v = cell["variants"]
+      if "lawn-projection" not in v or "peer" not in v:
+        continue
+      peer = v["peer"]["update"]
+      ratio = v["lawn-projection"]["update"]["median_s"] / peer["median_s"]
+      by_hand = (f"{v['peer-capture']['update']['median_s'] / peer['median_s']:.2f}"
+                 if "peer-capture" in v else "not run")
+      u = v["lawn-projection"]["update"]
+      lines.append(
+          f"| `{name}` | {opt} | {ratio:.2f} "
+          f"({'met' if ratio <= PROJECTION_BOUND else 'not met'}) | "
+          f"{by_hand} | {u['bytes_ratio']:.2f}, {peer['bytes_ratio']:.2f} | "
+          f"{u['temp_bytes'] / 2**20:.1f}, {peer['temp_bytes'] / 2**20:.1f} |")
+  return lines
 
 
 SECTIONS = {"summary": summary_section, "step-cost": step_cost_targets}

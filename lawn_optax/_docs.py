@@ -32,7 +32,7 @@ are listed below.""",
 def shared(fn: F) -> F:
   """Fills each ``[key]`` marker line of ``fn``'s docstring with
   ``PARAGRAPHS[key]``, indented as the marker is."""
-  lines = []
+  lines: list[str] = []
   for line in (fn.__doc__ or "").splitlines():
     key = line.strip()[1:-1]
     if line.strip().startswith("[") and key in PARAGRAPHS:

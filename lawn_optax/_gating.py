@@ -98,8 +98,8 @@ def order_token(values: list) -> jax.Array:
   :func:`after` with it orders whatever writes that array after the
   reductions that made ``values`` (XLA then need not keep a copy of what
   they read)."""
-  return 0.0 * sum(jnp.sum(jnp.where(jnp.isfinite(v), v, 0.0))
-                   for v in values) == 0.0
+  return jnp.asarray(0.0 * sum(jnp.sum(jnp.where(jnp.isfinite(v), v, 0.0))
+                               for v in values) == 0.0)
 
 
 @jax.custom_jvp
