@@ -286,8 +286,11 @@ PAIRS = [("lawn-adam", "adam"), ("lawn-adam", "adamw"),
          ("lawn-lamb", "lamb-wd")]
 
 
-def method_grids(names, lr_grids=None) -> dict[str, dict[str, MethodGrid]]:
-  """``{family: {method: grid}}`` for the methods named."""
+def method_grids(names, lr_grids=None, knobs=None
+                 ) -> dict[str, dict[str, MethodGrid]]:
+  """``{family: {method: grid}}`` for the methods named; ``knobs``
+  (``{method: value}``, for every method named or None) fixes each
+  method's second axis at one value (a sensitivity study's budget)."""
   unknown = set(names) - set(METHODS)
   if unknown:
     raise ValueError(f"unknown optimizers {sorted(unknown)}; choose from "
@@ -295,6 +298,8 @@ def method_grids(names, lr_grids=None) -> dict[str, dict[str, MethodGrid]]:
   out: dict[str, dict[str, MethodGrid]] = {}
   for n in names:
     family, knob, values, fixed, scale = METHODS[n]
+    if knobs is not None:
+      values = (knobs[n],)
     out.setdefault(family, {})[n] = MethodGrid(
         tuple((lr_grids or LR_GRIDS)[family]), knob, values, fixed, scale)
   return out
@@ -381,12 +386,13 @@ def protocol_cells(task: Task, names: list[str], batch: int, epochs: int,
                    seeds, studies, schedule: str = "cosine",
                    max_extensions: int = 4, lr_grids=None, log=print,
                    max_runs: int | None = None, progress=None,
-                   memory_bytes: int | None = None):
+                   memory_bytes: int | None = None, knobs=None):
   """Every method named, tuned and reported under :mod:`benchmarks.protocol`
   at one batch size (every configuration on every seed, repeated studies);
   returns (cells, paired comparisons, seconds, reduced-budget cells: the
-  free_steps="auto" default, when lawn-adam-auto is among the methods)."""
-  by_family = method_grids(names, lr_grids)
+  free_steps="auto" default, when lawn-adam-auto is among the methods and
+  its threshold is tuned). ``knobs``: see :func:`method_grids`."""
+  by_family = method_grids(names, lr_grids, knobs)
   runners = {f: Runner(task, f, batch, epochs, schedule, max_runs, progress,
                        memory_bytes) for f in by_family}
 
@@ -417,7 +423,7 @@ def protocol_cells(task: Task, names: list[str], batch: int, epochs: int,
                  for c in protocol.report(tuning, f"test_{task.metric}",
                                           PAIRS)["comparisons"]]
   reduced: dict[str, Any] = {}
-  if "lawn-adam-auto" in cells:
+  if "lawn-adam-auto" in cells and knobs is None:
     record, comps = protocol.subset_report(
         tuning, "lawn-adam-auto", HP_AUTO_DEFAULT, AUTO_DEFAULT,
         f"test_{task.metric}", REGIME, AUTO_AGAINST)

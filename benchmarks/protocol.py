@@ -319,6 +319,8 @@ def selections(t: Tuning) -> dict[str, dict[str, int]]:
 
 
 def _edges(values: list[float], chosen: list[float]) -> set[str]:
+  if len(set(values)) == 1:  # an axis fixed for every method: no edges
+    return set()
   lo_, hi_ = min(values), max(values)
   return {("low" if c == lo_ else "high") for c in chosen if c in (lo_, hi_)}
 

@@ -196,8 +196,9 @@ def lawn_adam(
 
   Args:
     learning_rate: a float or an optax schedule.
-    free_steps, mask, granularity, tangent_projection, unit_axis, norm_eps,
-      retraction: as in :func:`lawn`.
+    free_steps: as in :func:`lawn`; so are ``mask``, ``granularity``,
+      ``tangent_projection``, ``unit_axis``, ``norm_eps`` and
+      ``retraction``.
     b1, b2, eps, eps_root, nesterov: as in ``optax.adam``.
 
   Returns:
@@ -240,8 +241,9 @@ def lawn_sgd(
 
   Args:
     learning_rate: a float or an optax schedule.
-    free_steps, mask, granularity, tangent_projection, unit_axis, norm_eps,
-      retraction: as in :func:`lawn`.
+    free_steps: as in :func:`lawn`; so are ``mask``, ``granularity``,
+      ``tangent_projection``, ``unit_axis``, ``norm_eps`` and
+      ``retraction``.
     momentum, nesterov: as in ``optax.sgd``.
 
   Returns:
@@ -286,8 +288,9 @@ def lawn_lamb(
 
   Args:
     learning_rate: a float or an optax schedule.
-    free_steps, mask, granularity, tangent_projection, unit_axis, norm_eps,
-      retraction: as in :func:`lawn`.
+    free_steps: as in :func:`lawn`; so are ``mask``, ``granularity``,
+      ``tangent_projection``, ``unit_axis``, ``norm_eps`` and
+      ``retraction``.
     b1, b2, eps, eps_root: as in ``optax.lamb``.
 
   Returns:

@@ -494,6 +494,66 @@ def test_peer_projection_holds_the_norms():
   np.testing.assert_allclose(new["b"], -0.5 * np.ones(2))
 
 
+def test_peer_capture_takes_the_norms_on_the_freeze_step_only():
+  """LAWN by hand (the step-cost table's peer-capture): free before the
+  freeze step, the norms of the weights on it held after."""
+  import optax
+  params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+  peer = overhead.Peer(optax.sgd(0.1), {"w": True, "b": False}, freeze_at=2)
+  state = peer.init(params)
+  norms = []
+  for t in range(5):
+    g = {"w": (t + 1.0) * jnp.arange(6.0).reshape(3, 2), "b": jnp.ones(2)}
+    before = float(jnp.linalg.norm(params["w"]))
+    u, state = peer.update(g, state, params)
+    params = peer.project(optax.apply_updates(params, u), state)
+    norms.append(float(jnp.linalg.norm(params["w"])))
+    if t == 2:
+      frozen = before
+  assert norms[0] != pytest.approx(norms[1], rel=1e-3)   # free
+  np.testing.assert_allclose(norms[2:], frozen, rtol=1e-6)
+
+
+def test_regime_lengths_are_whole_epochs_nearest_the_steps():
+  from benchmarks import regime
+  assert regime.epochs_for(1600, 8000, 2048) == 533      # 3 steps an epoch
+  assert regime.epochs_for(100, 8000, 64) == 1           # 125 steps
+  assert regime.epochs_for(400, 8000, 512) == 27         # 15 an epoch
+  assert regime.epochs_for(5, 100, 4096) == 5            # the full batch
+  assert set(regime.DEFAULT_KNOBS) >= set(
+      regime.PRESETS["mnist1d"]["optimizers"])
+
+
+def test_a_fixed_knob_is_never_at_an_edge():
+  """The regime map fixes every method's second axis at one value: the
+  protocol must not try to extend it (only the learning rate grows)."""
+  assert protocol._edges([0.5], [0.5]) == set()
+  assert protocol._edges([0.1, 0.5], [0.5]) == {"high"}
+  grids = generalization.method_grids(["adam", "lawn-adam"],
+                                      knobs={"adam": 0.999, "lawn-adam": 0.5})
+  assert grids["adam"]["lawn-adam"].knob_values == (0.5,)
+  assert grids["adam"]["adam"].knob_values == (0.999,)
+
+
+@pytest.mark.slow   # ~2 min on 2 cores: two cells, each compiled
+def test_regime_tiny_end_to_end(tmp_path):
+  from benchmarks import regime
+  res = regime.main(["--tiny", "--out", str(tmp_path)])
+  written = json.loads((tmp_path / "regime_digits.json").read_text())
+  assert written["complete"] and written["code_hash"]
+  assert [c["batch_size"] for c in written["cells"]] == [64, 512]
+  for cell in written["cells"]:
+    per_epoch = max(res["num_train"] // cell["batch_size"], 1)
+    assert cell["steps"] == cell["epochs"] * per_epoch
+    for name, rec in cell["methods"].items():
+      knob = rec["knob"]
+      assert set(rec["grid"][knob]) == {regime.DEFAULT_KNOBS[name]}
+      assert len(rec["test"]) == 4
+    assert {(c["a"], c["b"]) for c in cell["comparisons"]} == {
+        ("lawn-adam", "adam")}
+    assert np.isfinite(regime.base_train_loss(cell))
+
+
 @pytest.mark.parametrize("job", [
     pytest.param("fashion-cnn", marks=pytest.mark.slow),   # ~3 min on 2 cores
     pytest.param("lm-gpu", marks=pytest.mark.slow)])       # ~50 s

@@ -1,0 +1,135 @@
+"""The regime map: LAWN against Adam and AdamW by batch size and training length.
+
+The papers claim that LAWN helps most at large batch sizes, once the
+training loss is small and the logits grow. Every cell of the other tables
+stops at a length set in epochs; this map sets it in **steps**, so that each
+batch size is seen from "stopped early" to "trained into the small-loss
+regime", and prints, beside each verdict, the final train loss of the
+selected Adam configuration (the regime the cell is in).
+
+Each (batch size, steps) cell runs the tables' protocol
+(:mod:`benchmarks.protocol`: 6 log-spaced learning rates, grids extended
+while a choice sits at an edge, every configuration on 8 seeds, 4 studies,
+the verdict rule) with each method's second hyper-parameter fixed at one
+value, the same rule for every method (a sensitivity study's budget, said in
+the JSON): ``DEFAULT_KNOBS``. A length in steps is rounded to whole epochs
+(``epochs_for``); the JSON records the steps run.
+
+``python -m benchmarks.regime --batch-sizes 2048 --steps 1600`` runs one
+cell; the JSON is written after every cell (``"complete": false`` until the
+last), so a map can be built by several commands, each under 40 minutes on
+2 cores, with ``--tag``. ``--tiny``: the same code on scikit-learn's digits
+at toy sizes (CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import common, generalization, protocol
+
+# Each method's second axis, fixed for the map: the optimizer's documented
+# default where it has one (Adam's b2), else the middle of the tables' grid
+# (AdamW's decay 0.1 x lr, LAWN's free fraction 0.5, the auto rule's
+# threshold 0.1, lo.AutoFreeze's default).
+DEFAULT_KNOBS = {"adam": 0.999, "adamw": 0.1, "lawn-adam": 0.5,
+                 "lawn-adamw": 0.1, "lawn-adam-auto": 0.1}
+PRESETS: dict[str, dict[str, Any]] = {
+    "mnist1d": dict(dataset="mnist1d", hidden=(128, 128),
+                    optimizers=["adam", "adamw", "lawn-adam", "lawn-adamw",
+                                "lawn-adam-auto"],
+                    batch_sizes=[64, 512, 2048], steps=[100, 400, 1600],
+                    seeds=generalization.SEEDS, studies=4),
+    "tiny": dict(dataset="digits", hidden=(32,),
+                 optimizers=["adam", "lawn-adam"], batch_sizes=[64, 512],
+                 steps=[36], seeds=[0, 1, 2, 3], studies=2),
+}
+
+
+def epochs_for(steps: int, num_train: int, batch: int) -> int:
+  """Whole epochs closest to ``steps`` updates (at least one)."""
+  per_epoch = max(num_train // min(batch, num_train), 1)
+  return max(1, round(steps / per_epoch))
+
+
+def run_cell(task: generalization.Task, cfg: dict[str, Any], batch: int,
+             steps: int, progress: Any = None) -> dict[str, Any]:
+  """One cell of the map: every method under the protocol at ``batch`` for
+  about ``steps`` updates."""
+  seeds = list(cfg["seeds"])
+  studies = protocol.make_studies(seeds, cfg["studies"], 2)
+  epochs = epochs_for(steps, task.num_train, batch)
+  cells, comps, secs, _ = generalization.protocol_cells(
+      task, cfg["optimizers"], batch, epochs, seeds, studies,
+      progress=progress, log=lambda line: print(line, flush=True),
+      memory_bytes=protocol.memory_limit(),
+      knobs={n: DEFAULT_KNOBS[n] for n in cfg["optimizers"]})
+  return {"batch_size": min(batch, task.num_train), "steps_target": steps,
+          "steps": next(iter(cells.values()))["steps"], "epochs": epochs,
+          "methods": cells, "comparisons": comps, "seconds": secs}
+
+
+def base_train_loss(cell: dict[str, Any]) -> float:
+  """The selected Adam configuration's final train loss, seed-averaged."""
+  return float(np.mean(cell["methods"]["adam"]["final_train_loss"]))
+
+
+def summary(cell: dict[str, Any]) -> str:
+  """One line per cell: its length, Adam's train loss, LAWN's verdicts."""
+  head = (f"B={cell['batch_size']}, {cell['steps']} steps "
+          f"({cell['epochs']} epochs): adam train loss "
+          f"{base_train_loss(cell):.3g}")
+  parts = [f"{c['a']} - {c['b']} {c['mean']:+.2f} [{c['low']:+.2f}, "
+           f"{c['high']:+.2f}] {c['verdict']}" for c in cell["comparisons"]]
+  return "; ".join([head] + parts)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  common.pin_cpu_threads()  # the same bits on any machine (common.py)
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--preset", choices=list(PRESETS), default="mnist1d")
+  p.add_argument("--tiny", action="store_true", help="--preset tiny")
+  p.add_argument("--batch-sizes", nargs="+", type=int)
+  p.add_argument("--steps", nargs="+", type=int)
+  p.add_argument("--optimizers", nargs="+", choices=sorted(DEFAULT_KNOBS))
+  p.add_argument("--out", default=str(common.DEFAULT_OUT))
+  p.add_argument("--tag", default="")
+  args = p.parse_args(argv)
+  preset = "tiny" if args.tiny else args.preset
+  cfg = dict(PRESETS[preset])
+  for key in ("batch_sizes", "steps", "optimizers"):
+    if getattr(args, key):
+      cfg[key] = getattr(args, key)
+  task = generalization.make_task(cfg["dataset"], cfg["hidden"])
+  results: dict[str, Any] = {
+      "dataset": task.name, "metric": task.metric, "mode": preset,
+      "num_train": task.num_train, "model": f"MLP {list(cfg['hidden'])}",
+      "optimizers": cfg["optimizers"], "seeds": list(cfg["seeds"]),
+      "fixed_knobs": {n: DEFAULT_KNOBS[n] for n in cfg["optimizers"]},
+      "protocol": protocol.PROTOCOL_TEXT, "complete": False,
+      "environment": common.environment(), "cells": []}
+  out, name = Path(args.out), f"regime_{task.name}{args.tag}"
+  print(f"writing to {out / name}.json", flush=True)
+  t0 = time.perf_counter()
+  for batch in cfg["batch_sizes"]:
+    for steps in cfg["steps"]:
+      print(f"batch {batch}, about {steps} steps:", flush=True)
+      results["cells"].append(run_cell(task, cfg, batch, steps))
+      print("  " + summary(results["cells"][-1]), flush=True)
+      results["wall_seconds"] = time.perf_counter() - t0
+      common.write_json(name, results, out)
+  results["complete"] = True
+  results.update(common.provenance_of_code())
+  path = common.write_json(name, results, out)
+  print("\n".join(summary(c) for c in results["cells"]))
+  print(f"wrote {path} in {results['wall_seconds']:.0f} s")
+  return results
+
+
+if __name__ == "__main__":
+  main()
