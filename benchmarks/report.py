@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks import common
 
 TITLES = {"mnist1d": "MNIST-1D", "fashion_mnist": "Fashion-MNIST",
@@ -223,7 +225,11 @@ def docs_page(results_dir: Path = common.RESULTS) -> str:
            "## Generalization", "",
            generalization_section(results_dir, docs=True), "",
            "## Language model", "",
-           language_model_section(results_dir, docs=True), ""]
+           language_model_section(results_dir, docs=True), "",
+           "## Regime map", "", regime_section(results_dir), ""]
+  for name in ("regime_map.png", "regime_sensitivity.png"):
+    if (results_dir / name).exists():
+      lines += [f"![{name}](../../benchmarks/results/{name})", ""]
   lines += ["## Step cost", ""]
   for path in sorted(results_dir.glob("overhead*.json")):
     lines += _overhead_section(path)
@@ -381,7 +387,57 @@ def projection_target(runs: list[tuple[str, dict]]) -> list[str]:
   return lines
 
 
-SECTIONS = {"summary": summary_section, "step-cost": step_cost_targets}
+def regime_section(results_dir: Path = common.RESULTS) -> str:
+  """README's regime map: every ``regime_*.json`` (one per command), each
+  with its command, commit and staleness, then one table of their cells."""
+  from benchmarks import tables
+  paths = _results("regime_*.json", results_dir)
+  if not paths:
+    return "Not run yet: `python -m benchmarks.regime` (see its docstring)."
+  files = [json.loads(p.read_text()) for p in paths]
+  lines = []
+  for path, r in zip(paths, files):
+    env = r["environment"]
+    done = ", ".join(f"B={c['batch_size']} × {c['steps']} steps"
+                     for c in r["cells"])
+    lines.append(
+        f"- `{path.name}`: `{env.get('command', '?')}`, {_device(env)}, "
+        f"commit `{str(env['git_commit'])[:10]}`, "
+        f"{r.get('wall_seconds', 0) / 60:.0f} min"
+        + ("" if r.get("complete") else " (partial)") + f"; cells: {done}. "
+        + (stale_line(r) or "Current."))
+  first = files[0]
+  knobs = ", ".join(f"{n} {k}" for n, k in first["fixed_knobs"].items())
+  lines += ["", f"{first['dataset']}, {first['model']}, "
+            f"{first['num_train']} training samples; second hyper-parameters "
+            f"fixed for every method alike ({knobs}), learning rates tuned "
+            "under the protocol; test accuracy per seed averaged over the "
+            "studies that report it.", "",
+            tables.regime_table(tables.regime_cells(files))]
+  return "\n".join(lines)
+
+
+def regime_figures(results_dir: Path = common.RESULTS) -> list[str]:
+  """The heat map of every regime cell, and test accuracy vs learning rate
+  for each large-batch (>= 512) cell in the small-loss regime."""
+  from benchmarks import tables
+  paths = _results("regime_*.json", results_dir)
+  if not paths:
+    return []
+  cells = tables.regime_cells([json.loads(p.read_text()) for p in paths])
+  out = [tables.regime_figure(cells, str(results_dir / "regime_map.png"))]
+  panels = [(f"B={c['batch_size']}, {c['steps']} steps", c["methods"])
+            for c in cells if c["batch_size"] >= 512 and np.mean(
+                c["methods"]["adam"]["final_train_loss"]) <= 0.05]
+  if panels:
+    out.append(tables.sensitivity_figure(
+        panels, str(results_dir / "regime_sensitivity.png"),
+        "test accuracy", scale=100))
+  return out
+
+
+SECTIONS = {"summary": summary_section, "step-cost": step_cost_targets,
+            "regime": regime_section}
 
 
 def render_readme(text: str) -> str:
@@ -408,6 +464,7 @@ def main(argv=None):
     for path in _results("language_model_*.json", common.RESULTS):
       tables.language_model_plots(json.loads(path.read_text()),
                                   str(path.with_suffix("")))
+    regime_figures()
     print("redrew the figures in", common.RESULTS)
     return
   if args.docs:

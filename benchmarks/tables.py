@@ -134,8 +134,31 @@ def generalization_table(results: dict[str, Any], metric: str) -> str:
             c, 100, f"**{a} wins**", f"**{a} loses**"))
       lines.append(f"| {a} − {b_} | " + " | ".join(row) + " |")
     lines += ["", DIFFERENCE_TEXT]
+  lines += _regime_lines(results)
   lines += _edge_lines(results)
   return "\n".join(lines)
+
+
+# LAWN acts once the training loss is small (the papers' regime): a cell
+# whose every method ends above this train loss has not asked its question.
+SMALL_LOSS = 0.05
+
+
+def _regime_lines(results: dict[str, Any]) -> list[str]:
+  """A line per batch size whose cells all stop above ``SMALL_LOSS``."""
+  out = []
+  cells = [c for cs in results["cells"].values() for c in cs]
+  for b in sorted({c["batch_size"] for c in cells}):
+    losses = [float(np.mean(c["final_train_loss"])) for c in cells
+              if c["batch_size"] == b]
+    if min(losses) > SMALL_LOSS:
+      steps = next(c["steps"] for c in cells if c["batch_size"] == b)
+      out.append(f"Not in the small-loss regime: at B={b} ({steps} steps) "
+                 f"every method ends at a train loss of {min(losses):.2g}–"
+                 f"{max(losses):.2g} (> {SMALL_LOSS}), where LAWN's claim is "
+                 "about training into it; the regime map "
+                 "(`python -m benchmarks.regime`) asks that question.")
+  return [""] + out if out else []
 
 
 def edge_cells(results: dict[str, Any]
@@ -419,3 +442,83 @@ def language_model_plots(results: dict[str, Any], prefix: str) -> list[str]:
   return out + ([auto] if auto else [])
 
 
+
+
+# -- the regime map (benchmarks/regime.py) ----------------------------------
+
+def regime_cells(files: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Every cell of the regime JSON files given, by batch size then steps."""
+  cells = [c for r in files for c in r["cells"]]
+  return sorted(cells, key=lambda c: (c["batch_size"], c["steps"]))
+
+
+def _pairs(cells: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+  return list(dict.fromkeys((c["a"], c["b"]) for cell in cells
+                            for c in cell["comparisons"]))
+
+
+def regime_table(cells: Sequence[dict[str, Any]]) -> str:
+  """One row per (batch size, steps) cell: the selected Adam
+  configuration's final train loss (the regime), each method's test
+  accuracy, and LAWN's paired differences with their verdicts."""
+  pairs = _pairs(cells)
+  names = list(dict.fromkeys(n for c in cells for n in c["methods"]))
+  lines = ["| batch | steps (epochs) | Adam's final train loss | "
+           + " | ".join(f"{n} (%)" for n in names) + " | "
+           + " | ".join(f"{a} − {b} (points)" for a, b in pairs) + " |",
+           "|" + "---|" * (3 + len(names) + len(pairs))]
+  for cell in cells:
+    accs = [f"{100 * cell['methods'][n]['test_mean']:.1f}" if n in
+            cell["methods"] else "" for n in names]
+    diffs = []
+    for a, b in pairs:
+      c = next((x for x in cell["comparisons"] if (x["a"], x["b"]) == (a, b)),
+               None)
+      diffs.append("" if c is None else difference_text(
+          c, 100, f"**{a} wins**", f"**{a} loses**", digits=1))
+    loss = float(np.mean(cell["methods"]["adam"]["final_train_loss"]))
+    lines.append(f"| {cell['batch_size']} | {cell['steps']} ({cell['epochs']})"
+                 f" | {loss:.3g}{' ✓' if loss <= 0.05 else ''} | "
+                 + " | ".join(accs + diffs) + " |")
+  lines += ["", "✓: in the small-loss regime (Adam's selected configuration "
+            "ends at a train loss ≤ 0.05, seed-averaged). " + DIFFERENCE_TEXT]
+  return "\n".join(lines)
+
+
+def regime_figure(cells: Sequence[dict[str, Any]], path: str) -> str:
+  """Heat maps (batch size × steps), one per LAWN pair: colour the mean
+  difference in points, text the difference, the verdict and Adam's final
+  train loss L."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  pairs = _pairs(cells)
+  batches = sorted({c["batch_size"] for c in cells})
+  steps = sorted({c["steps_target"] for c in cells})
+  fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 3.6),
+                           squeeze=False)
+  for ax, (a, b) in zip(axes[0], pairs):
+    grid = np.full((len(batches), len(steps)), np.nan)
+    for cell in cells:
+      c = next((x for x in cell["comparisons"] if (x["a"], x["b"]) == (a, b)),
+               None)
+      if c is None:
+        continue
+      i, j = batches.index(cell["batch_size"]), steps.index(
+          cell["steps_target"])
+      grid[i, j] = 100 * c["mean"]
+      loss = float(np.mean(cell["methods"]["adam"]["final_train_loss"]))
+      ax.text(j, i, f"{100 * c['mean']:+.1f}\n{c['verdict']}\nL {loss:.2g}",
+              ha="center", va="center", fontsize=7,
+              color="white" if abs(100 * c["mean"]) > 2 else "black")
+    lim = max(1.0, float(np.nanmax(np.abs(grid)))) if np.isfinite(
+        grid).any() else 1.0
+    ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower",
+              aspect="auto")
+    ax.set_xticks(range(len(steps)), [str(s) for s in steps])
+    ax.set_yticks(range(len(batches)), [str(x) for x in batches])
+    ax.set_xlabel("steps (target)")
+    ax.set_ylabel("batch size")
+    ax.set_title(f"{a} − {b} (points; blue: {a} better)", fontsize=9)
+  _save(fig, path, 110)
+  return path

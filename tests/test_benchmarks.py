@@ -552,6 +552,14 @@ def test_regime_tiny_end_to_end(tmp_path):
     assert {(c["a"], c["b"]) for c in cell["comparisons"]} == {
         ("lawn-adam", "adam")}
     assert np.isfinite(regime.base_train_loss(cell))
+  # The README's table and the heat map render from the files as written.
+  from benchmarks import report
+  text = report.regime_section(tmp_path)
+  assert "lawn-adam − adam" in text and "regime_digits.json" in text
+  assert "Current." in text
+  assert len(text.splitlines()) >= 4 + len(written["cells"])
+  drawn = report.regime_figures(tmp_path)
+  assert (tmp_path / "regime_map.png").exists() and drawn
 
 
 @pytest.mark.parametrize("job", [
