@@ -76,9 +76,10 @@ def test_free_phase_is_the_base_optimizer_bit_for_bit():
   """Before the freeze the update is Adam's, bit for bit, the projection
   returns the params unchanged, bit for bit, and the state's phase says so.
   (Against a jitted plain ``adam`` + ``apply_updates`` the weights may
-  differ by one rounding per step: XLA may contract Adam's last multiply
-  into the add there, which the capture's ordering of the update, see
-  ``Constraint._bookkeeping``, does not allow.)"""
+  differ in the last bit: XLA fuses Adam's arithmetic into the add there
+  and may round it differently; here the update waits for the capture's
+  norm, ``Constraint._bookkeeping``, and the weights are exactly
+  ``params + updates``.)"""
   mask = {"k1": True, "k2": False, "b": False}
   tx = lo.lawn_adam(0.02, free_steps=50, mask=mask, retraction="projection")
   adam = optax.adam(0.02)
