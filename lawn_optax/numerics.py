@@ -124,9 +124,9 @@ def tracked_norm(x: jax.Array, scale: jax.Array,
   norm that drifts by less than that range per call is always exact. An
   all-zero ``x`` has norm 0 and keeps its scale (so does one whose every
   square underflows to zero, about 1e19 below the scale, as XLA flushes
-  denormals: a drop that no update of a tracked norm makes). No conditional, so it
-  fuses like any reduction: a ``lax.cond`` that reads donated weights makes
-  XLA:CPU keep a parameter-sized copy of them.
+  denormals: a drop that no update of a tracked norm makes). No
+  conditional, so it fuses like any reduction: a ``lax.cond`` that reads
+  donated weights makes XLA:CPU keep a parameter-sized copy of them.
   """
   s = _unit(scale)
   ss = sum_squares(x, granularity, unit_axis, s)
