@@ -14,8 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks import common
 
 TITLES = {"mnist1d": "MNIST-1D", "fashion_mnist": "Fashion-MNIST",
@@ -427,8 +425,8 @@ def regime_figures(results_dir: Path = common.RESULTS) -> list[str]:
   cells = tables.regime_cells([json.loads(p.read_text()) for p in paths])
   out = [tables.regime_figure(cells, str(results_dir / "regime_map.png"))]
   panels = [(f"B={c['batch_size']}, {c['steps']} steps", c["methods"])
-            for c in cells if c["batch_size"] >= 512 and np.mean(
-                c["methods"]["adam"]["final_train_loss"]) <= 0.05]
+            for c in cells if c["batch_size"] >= 512
+            and tables.regime_loss(c) <= tables.SMALL_LOSS]
   if panels:
     out.append(tables.sensitivity_figure(
         panels, str(results_dir / "regime_sensitivity.png"),

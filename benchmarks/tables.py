@@ -452,6 +452,17 @@ def regime_cells(files: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   return sorted(cells, key=lambda c: (c["batch_size"], c["steps"]))
 
 
+def regime_loss(cell: dict[str, Any]) -> float:
+  """A regime cell's selected Adam configuration's final train loss,
+  seed-averaged (the same figure as ``benchmarks.regime.base_train_loss``)."""
+  return float(np.mean(cell["methods"]["adam"]["final_train_loss"]))
+
+
+def _comparison(cell: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
+  return next((x for x in cell["comparisons"] if (x["a"], x["b"]) == (a, b)),
+              None)
+
+
 def _pairs(cells: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
   return list(dict.fromkeys((c["a"], c["b"]) for cell in cells
                             for c in cell["comparisons"]))
@@ -472,16 +483,16 @@ def regime_table(cells: Sequence[dict[str, Any]]) -> str:
             cell["methods"] else "" for n in names]
     diffs = []
     for a, b in pairs:
-      c = next((x for x in cell["comparisons"] if (x["a"], x["b"]) == (a, b)),
-               None)
+      c = _comparison(cell, a, b)
       diffs.append("" if c is None else difference_text(
           c, 100, f"**{a} wins**", f"**{a} loses**", digits=1))
-    loss = float(np.mean(cell["methods"]["adam"]["final_train_loss"]))
+    loss = regime_loss(cell)
     lines.append(f"| {cell['batch_size']} | {cell['steps']} ({cell['epochs']})"
-                 f" | {loss:.3g}{' ✓' if loss <= 0.05 else ''} | "
+                 f" | {loss:.3g}{' ✓' if loss <= SMALL_LOSS else ''} | "
                  + " | ".join(accs + diffs) + " |")
   lines += ["", "✓: in the small-loss regime (Adam's selected configuration "
-            "ends at a train loss ≤ 0.05, seed-averaged). " + DIFFERENCE_TEXT]
+            f"ends at a train loss ≤ {SMALL_LOSS}, seed-averaged). "
+            + DIFFERENCE_TEXT]
   return "\n".join(lines)
 
 
@@ -500,14 +511,13 @@ def regime_figure(cells: Sequence[dict[str, Any]], path: str) -> str:
   for ax, (a, b) in zip(axes[0], pairs):
     grid = np.full((len(batches), len(steps)), np.nan)
     for cell in cells:
-      c = next((x for x in cell["comparisons"] if (x["a"], x["b"]) == (a, b)),
-               None)
+      c = _comparison(cell, a, b)
       if c is None:
         continue
       i, j = batches.index(cell["batch_size"]), steps.index(
           cell["steps_target"])
       grid[i, j] = 100 * c["mean"]
-      loss = float(np.mean(cell["methods"]["adam"]["final_train_loss"]))
+      loss = regime_loss(cell)
       ax.text(j, i, f"{100 * c['mean']:+.1f}\n{c['verdict']}\nL {loss:.2g}",
               ha="center", va="center", fontsize=7,
               color="white" if abs(100 * c["mean"]) > 2 else "black")
