@@ -444,6 +444,22 @@ def test_unsupported_primitive_is_an_error_only_where_it_decides():
   assert _selected(lo.masks.final_homogeneous(cut, p, X)) == ["v"]
 
 
+def test_a_new_primitive_is_one_entry(monkeypatch):
+  # The recipe of CONTRIBUTING.md: one entry in the rule table, nothing else.
+  from lawn_optax._homogeneous import rules
+  p = {"w": jax.random.normal(jax.random.key(0), (5, 8)),
+       "v": jax.random.normal(jax.random.key(1), (8, 3))}
+  fn = lambda p, x: jnp.fft.fft(x @ p["w"]).real @ p["v"]
+  with pytest.raises(ValueError, match="unsupported primitive 'fft'"):
+    lo.masks.final_homogeneous(fn, p, X)
+  monkeypatch.setitem(rules.RULES, "fft", rules.Primitive(rules._same))  # linear
+  mask = lo.masks.final_homogeneous(fn, p, X)
+  assert _selected(mask) == ["v", "w"]
+  assert lo.masks.check_homogeneous(fn, p, mask, X) == 2
+  with pytest.raises(ValueError, match="primitive 'mul' registered twice"):
+    rules._register("mul", rules._product)
+
+
 def test_named_axis_collectives_shard_map():
   from jax.sharding import Mesh
   from jax.sharding import PartitionSpec as P

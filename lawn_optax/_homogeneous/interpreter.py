@@ -104,7 +104,7 @@ class Interpreter:
     for eqn in _live(jaxpr):
       vals = [read(v) for v in eqn.invars]
       self.counter += 1
-      if eqn.primitive.name not in rules._ALIAS:
+      if not rules.rule(eqn.primitive.name).view:
         for val in vals:
           if val.origin is not None:
             self.used[val.origin] = self.counter
@@ -123,15 +123,15 @@ class Interpreter:
     for pos, v in enumerate(ins):
       if v.origin is not None and (r := rules.role(name, pos, ins)):
         self.roles[v.origin].add(r)
-    control = rules.CONTROL.get(name)
-    if control is not None:
-      return control(self, eqn, ins)
+    entry = rules.rule(name)
+    data = any(v.data for v in ins)
+    if entry.control:
+      return entry.rule(self, eqn, ins, data)
     sub = _call_jaxpr(eqn)
     if sub is not None:  # pjit, remat, custom_jvp/vjp, shard_map, pmap, ...
       jaxpr, consts = sub
       return self.run(jaxpr, ins, [CONST] * len(consts))
-    data = any(v.data for v in ins)
     if not any(v.form for v in ins):
       # Nothing here depends on a scaled leaf: a constant, or a wildcard.
       return [rules.unscaled(name, eqn, ins, data)] * len(eqn.outvars)
-    return rules.RULES.get(name, rules.default)(self, eqn, ins, data)
+    return entry.rule(self, eqn, ins, data)

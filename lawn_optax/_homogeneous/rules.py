@@ -1,21 +1,28 @@
 """The rule table of the mask analysis: what each primitive does to degrees.
 
-``RULES[name](interp, eqn, ins, data) -> outputs`` for an equation with at
-least one scaled operand (``ins``: the operands' :class:`Val`; ``data``:
-whether any depends on a non-parameter input); :func:`default` for a
-primitive without one (it assumes the degree passes through *and* records
-that its inputs must be unscaled, flagged unsupported: the analysis then
-names the primitive instead of guessing). ``CONTROL`` handles the
-primitives with sub-programs and the literal-zero ``zeros_like``;
-:func:`unscaled` says what a primitive makes of unscaled operands (literal
-zeros and infinities have every degree). A new primitive is one entry here.
+``RULES`` holds one :class:`Primitive` per primitive name, and nothing else
+knows primitive names: its ``rule(interp, eqn, ins, data) -> outputs`` runs
+for an equation with at least one scaled operand (``ins``: the operands'
+:class:`Val`; ``data``: whether any depends on a non-parameter input), or for
+every equation when ``control`` is set (primitives with sub-programs, and the
+literal-zero ``zeros_like``); ``unscaled`` says which wildcard the outputs
+keep when no operand is scaled (literal zeros and infinities have every
+degree); ``view`` marks an output that is its first operand seen another way
+(it keeps the parameter's identity, and is not a use of it); ``role`` says
+how a parameter operand acts (a kernel, an embedding table, a scale, a bias).
+A primitive without an entry gets :func:`default`: the degree passes through
+*and* its inputs must be unscaled, flagged unsupported, so that the analysis
+names the primitive instead of guessing.
+
+A new primitive is one entry: its name added to one ``_register`` line below,
+or one small rule function registered there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,61 +37,91 @@ from lawn_optax._homogeneous.forms import (
 
 SCAN_UNROLL = 256  # symbolic scan steps before requiring a fixed-point carry
 
-_ZERO_SAFE = frozenset({  # f(0) == 0
-    "tanh", "sin", "tan", "asin", "atan", "sinh", "asinh", "atanh", "erf",
-    "expm1", "log1p", "floor", "ceil", "round", "erf_inv", "cbrt"})
-_NONLINEAR = frozenset({
-    "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos",
-    "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "asinh", "acosh",
-    "atanh", "erf", "erfc", "erf_inv", "lgamma", "digamma", "igamma",
-    "igammac", "bessel_i0e", "bessel_i1e", "rem", "nextafter", "floor", "ceil",
-    "round", "reduce_prod", "cumprod", "cumlogsumexp", "bitcast_convert_type",
-    "polygamma", "zeta", "random_gamma_grad", "regularized_incomplete_beta",
-    "not", "and", "or", "xor", "population_count", "clz", "shift_left",
-    "shift_right_logical", "shift_right_arithmetic", "is_finite_not"})
-# Output i has operand i's degree (extra index/shape operands must be fixed).
-_SAME = frozenset({
-    "reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims",
-    "slice", "rev", "copy", "copy_p", "reduce_precision", "neg", "reduce_sum",
-    "reduce_max", "reduce_min", "cumsum", "cummax", "cummin",
-    "reduce_window_sum", "reduce_window_max", "reduce_window_min", "abs",
-    "stop_gradient", "sharding_constraint", "dynamic_slice", "gather", "real",
-    "imag", "conj", "mesh_cast", "reshard", "split", "psum",
-    "pmean", "pmax", "pmin", "all_gather", "ppermute", "all_to_all",
-    "psum_scatter", "reduce_scatter", "pbroadcast", "psum_invariant", "pvary",
-    "optimization_barrier", "sort", "device_put", "tile", "broadcast_to",
-    "unstack", "all_gather_invariant", "layout_constraint",
-    "with_memory_space_constraint", "name", "pcast", "unreduced_psum",
-    "preduced"})
-# Operands that carry the value; the rest are indices, predicates, shapes.
-_EQUAL_OPERANDS: dict[str, Callable[[int], Sequence[int]]] = {
-    "add": lambda n: range(n), "sub": lambda n: range(n),
-    "add_any": lambda n: range(n), "max": lambda n: range(n),
-    "min": lambda n: range(n), "concatenate": lambda n: range(n),
-    "stack": lambda n: range(n), "pad": lambda n: (0, 1),
-    "select_n": lambda n: range(1, n), "clamp": lambda n: range(n),
-    "scatter": lambda n: (0, 2), "scatter-add": lambda n: (0, 2),
-    "scatter_add": lambda n: (0, 2), "scatter-sub": lambda n: (0, 2),
-    "scatter_sub": lambda n: (0, 2), "scatter-max": lambda n: (0, 2),
-    "scatter_max": lambda n: (0, 2), "scatter-min": lambda n: (0, 2),
-    "scatter_min": lambda n: (0, 2), "dynamic_update_slice": lambda n: (0, 1),
-    "complex": lambda n: range(n),
-}
-_COMPARE = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
-_INVARIANT = frozenset({"sign", "argmax", "argmin", "is_finite", "iota"})
-_PRODUCT = frozenset({"mul", "dot_general", "conv_general_dilated",
-                      "ragged_dot", "ragged_dot_general"})
-_POWERS = {"square": Fraction(2), "sqrt": Fraction(1, 2),
-           "rsqrt": Fraction(-1, 2), "cbrt": Fraction(1, 3)}
-# Views of a parameter that keep its identity (for the leaf's role).
-_ALIAS = frozenset({
-    "reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims",
-    "copy", "copy_p", "slice", "rev", "reduce_precision", "sharding_constraint",
-    "mesh_cast", "reshard", "convert_element_type", "split", "device_put",
-    "pvary", "pcast", "tile", "broadcast_to", "unstack", "layout_constraint",
-    "name"})
-_KERNEL_USES = frozenset({"dot_general", "conv_general_dilated", "ragged_dot",
-                          "ragged_dot_general"})
+Rule = Callable[[Any, Any, list, bool], list]
+Wild = str | None  # a Val's wildcard: "zero", "inf" or None
+
+
+class Primitive(NamedTuple):
+  """What the analysis knows about one primitive (see the module's doc)."""
+  rule: Rule
+  unscaled: Callable[[Sequence[Wild]], Wild] = lambda wild: None
+  view: bool = False
+  role: Callable[[int, Sequence[Val]], str | None] = lambda pos, ins: None
+  # The operands that carry the value (the others: indices, predicates).
+  operands: Callable[[int], Sequence[int]] | None = None
+  power: Fraction | None = None
+  control: bool = False
+
+
+RULES: dict[str, Primitive] = {}
+
+
+def _register(names: str, rule: Rule, **fields: Any) -> None:
+  for name in names.split():
+    if name in RULES:
+      raise ValueError(f"primitive {name!r} registered twice")
+    RULES[name] = Primitive(rule, **fields)
+
+
+def rule(name: str) -> Primitive:
+  """The entry of ``name``; :func:`default`'s for a primitive without one."""
+  return RULES.get(name, _DEFAULT)
+
+
+def unscaled(name: str, eqn, ins: Sequence[Val], data: bool) -> Val:
+  """The value of an equation none of whose operands is scaled: a constant,
+  or a literal zero/infinity that keeps every degree."""
+  p = rule(name)
+  idx = range(len(ins)) if p.operands is None else p.operands(len(ins))
+  return Val({}, p.unscaled([ins[j].wild for j in idx]), data=data)
+
+
+def role(name: str, pos: int, ins: Sequence[Val]) -> str | None:
+  """How a parameter leaf used as operand ``pos`` of ``name`` acts: a
+  kernel, an embedding table, a scale or a bias (for the options and the
+  bias test), or nothing said."""
+  return rule(name).role(pos, ins)
+
+
+# -- what the outputs keep when no operand is scaled (value operands' wild) --
+
+def _first(wild: Sequence[Wild]) -> Wild:
+  return wild[0] if wild else None
+
+
+def _any_zero(wild: Sequence[Wild]) -> Wild:
+  return "zero" if "zero" in wild else None
+
+
+def _keeps_zero(wild: Sequence[Wild]) -> Wild:  # f(0) == 0
+  return "zero" if wild[0] == "zero" else None
+
+
+def _zero_over_nonzero(wild: Sequence[Wild]) -> Wild:
+  return "zero" if wild[0] == "zero" and wild[1] != "zero" else None
+
+
+def _common(wild: Sequence[Wild]) -> Wild:
+  return wild[0] if len(set(wild)) == 1 else None
+
+
+# -- how a parameter operand acts --------------------------------------------
+
+def _kernel(pos: int, ins: Sequence[Val]) -> str | None:
+  return "kernel"
+
+
+def _scale_role(pos: int, ins: Sequence[Val]) -> str | None:
+  return "scale"
+
+
+def _embedding(pos: int, ins: Sequence[Val]) -> str | None:
+  return "embedding" if pos == 0 and any(w.data for w in ins[1:]) else None
+
+
+def _bias(pos: int, ins: Sequence[Val]) -> str | None:
+  others = [w for j, w in enumerate(ins) if j != pos]
+  return "bias" if any(w.data or w.form for w in others) else None
 
 
 # -- rules for an equation with a scaled operand -----------------------------
@@ -106,18 +143,28 @@ def _convert(interp, eqn, ins, data):
   return [Val({}, data=data)]
 
 
-def _same(interp, eqn, ins, data):
+def _pass_through(interp, eqn, ins, data, view):
+  """Output i has operand i's degree (extra index/shape operands must be
+  unscaled); a view keeps the parameter's identity."""
   name, n_out = eqn.primitive.name, len(eqn.outvars)
   if name in ("split", "unstack"):
     return [ins[0]._replace(data=data)] * n_out
   if n_out == 1:
     for v in ins[1:]:
       interp.need(v.form, eqn, "unscaled indices")
-    view = name in _ALIAS or (name in ("gather", "dynamic_slice") and
-                              not any(v.data for v in ins[1:]))
     return [Val(ins[0].form, ins[0].wild, ins[0].origin if view else None,
                 data)]
   return [v._replace(origin=None) for v in ins[:n_out]]
+
+
+def _same(interp, eqn, ins, data):
+  return _pass_through(interp, eqn, ins, data, RULES[eqn.primitive.name].view)
+
+
+def _indexed(interp, eqn, ins, data):
+  # A slice at indices that do not depend on the data still names the leaf.
+  return _pass_through(interp, eqn, ins, data,
+                       not any(v.data for v in ins[1:]))
 
 
 def _top_k(interp, eqn, ins, data):
@@ -125,7 +172,7 @@ def _top_k(interp, eqn, ins, data):
 
 
 def _equal_operands(interp, eqn, ins, data):
-  idx = list(_EQUAL_OPERANDS[eqn.primitive.name](len(ins)))
+  idx = list(RULES[eqn.primitive.name].operands(len(ins)))
   for j in range(len(ins)):
     if j not in idx:
       interp.need(ins[j].form, eqn, "unscaled indices and predicates")
@@ -151,7 +198,7 @@ def _div(interp, eqn, ins, data):
 
 
 def _power(interp, eqn, ins, data):
-  power = _POWERS.get(eqn.primitive.name, None)
+  power = RULES[eqn.primitive.name].power
   power = Fraction(eqn.params["y"]) if power is None else power
   return [Val(_scale(ins[0].form, power), ins[0].wild, data=data)]
 
@@ -183,64 +230,16 @@ def default(interp, eqn, ins, data):
   return [Val(first.form, data=data)] * len(eqn.outvars)
 
 
-Rule = Callable[[Any, Any, list, bool], list]
-RULES: dict[str, Rule] = {
-    **{n: _invariant for n in _INVARIANT},
-    **{n: _compare for n in _COMPARE},
-    **{n: _same for n in _SAME},
-    **{n: _equal_operands for n in _EQUAL_OPERANDS},
-    **{n: _product for n in _PRODUCT},
-    **{n: _power for n in _POWERS}, "integer_pow": _power,
-    **{n: _nonlinear for n in _NONLINEAR},
-    "convert_element_type": _convert, "top_k": _top_k,
-    "approx_top_k": _top_k, "div": _div, "pow": _pow,
-}
+_DEFAULT = Primitive(default)
 
 
-def unscaled(name: str, eqn, ins: Sequence[Val], data: bool) -> Val:
-  """The value of an equation none of whose operands is scaled: a constant,
-  or a literal zero/infinity that keeps every degree."""
-  wild = [v.wild for v in ins]
-  if name in _SAME and wild and wild[0]:
-    return Val({}, wild[0], data=data)
-  if name in _PRODUCT and "zero" in wild:
-    return Val({}, "zero", data=data)
-  if name == "div" and wild[0] == "zero" and wild[1] != "zero":
-    return Val({}, "zero", data=data)
-  if name in _POWERS or name == "integer_pow":
-    return Val({}, "zero" if wild[0] == "zero" else None, data=data)
-  if name in _ZERO_SAFE and wild[0] == "zero":
-    return Val({}, "zero", data=data)
-  if name == "convert_element_type" and wild[0] == "zero":
-    return Val({}, "zero", data=data)
-  if name in _EQUAL_OPERANDS:
-    idx = list(_EQUAL_OPERANDS[name](len(ins)))
-    kinds = {wild[j] for j in idx}
-    if len(kinds) == 1 and None not in kinds:
-      return Val({}, kinds.pop(), data=data)
-  return Val({}, data=data)
+# -- control flow (run for every equation: ``control=True``) -----------------
+
+def _zeros_like(interp, eqn, ins, data):
+  return [Val({}, "zero")]
 
 
-def role(name: str, pos: int, ins: Sequence[Val]) -> str | None:
-  """How a parameter leaf used as operand ``pos`` of ``name`` acts: a
-  kernel, an embedding table, a scale or a bias (for the options and the
-  bias test), or nothing said."""
-  if name in _KERNEL_USES:
-    return "kernel"
-  if name in ("gather", "dynamic_slice") and pos == 0 and any(
-      w.data for w in ins[1:]):
-    return "embedding"
-  if name in ("mul", "div"):
-    return "scale"
-  if name in ("add", "sub", "add_any") and any(
-      w.data or w.form for j, w in enumerate(ins) if j != pos):
-    return "bias"
-  return None
-
-
-# -- control flow ------------------------------------------------------------
-
-def _cond(interp, eqn, ins):
+def _cond(interp, eqn, ins, data):
   interp.need(ins[0].form, eqn, "an unscaled branch index")
   outs = [interp.run(b.jaxpr, ins[1:], [CONST] * len(b.consts))
           for b in eqn.params["branches"]]
@@ -248,7 +247,7 @@ def _cond(interp, eqn, ins):
           for vals in zip(*outs)]
 
 
-def _while(interp, eqn, ins):
+def _while(interp, eqn, ins, data):
   p = eqn.params
   cn, bn = p["cond_nconsts"], p["body_nconsts"]
   cconsts, bconsts, carry = ins[:cn], ins[cn:cn + bn], list(ins[cn + bn:])
@@ -265,7 +264,7 @@ def _while(interp, eqn, ins):
   return [c._replace(origin=None) for c in carry]
 
 
-def _scan(interp, eqn, ins):
+def _scan(interp, eqn, ins, data):
   p = eqn.params
   nc, nk, length = p["num_consts"], p["num_carry"], int(p["length"])
   body = p["jaxpr"]
@@ -294,7 +293,7 @@ def _scan(interp, eqn, ins):
   return carry + [y._replace(origin=None) for y in ys]
 
 
-def _generic_reduce(interp, eqn, ins):
+def _generic_reduce(interp, eqn, ins, data):
   sub = eqn.params.get("jaxpr")
   sub = getattr(sub, "jaxpr", sub)
   ops = {e.primitive.name for e in getattr(sub, "eqns", [])}
@@ -310,8 +309,63 @@ def _generic_reduce(interp, eqn, ins):
   return [Val(first.form)] * len(eqn.outvars)
 
 
-CONTROL: dict[str, Callable[[Any, Any, list], list]] = {
-    "zeros_like": lambda interp, eqn, ins: [Val({}, "zero")],
-    "cond": _cond, "while": _while, "scan": _scan,
-    "reduce_window": _generic_reduce, "reduce": _generic_reduce,
-}
+# -- the table: one entry per primitive --------------------------------------
+
+_all = lambda n: range(n)
+_first_two = lambda n: (0, 1)
+_updates = lambda n: (0, 2)  # scatter: operand and updates (not indices)
+
+# Views of a parameter: output i has operand i's degree and keeps its identity.
+_register("reshape transpose broadcast_in_dim squeeze expand_dims copy copy_p "
+          "slice rev reduce_precision sharding_constraint mesh_cast reshard "
+          "split device_put pvary pcast tile broadcast_to unstack "
+          "layout_constraint name", _same, unscaled=_first, view=True)
+# Output i has operand i's degree (a new value, not a view).
+_register("neg abs real imag conj stop_gradient sort optimization_barrier "
+          "reduce_sum reduce_max reduce_min cumsum cummax cummin "
+          "reduce_window_sum reduce_window_max reduce_window_min psum pmean "
+          "pmax pmin all_gather all_gather_invariant ppermute all_to_all "
+          "psum_scatter reduce_scatter pbroadcast psum_invariant "
+          "unreduced_psum preduced with_memory_space_constraint", _same,
+          unscaled=_first)
+_register("gather dynamic_slice", _indexed, unscaled=_first, role=_embedding)
+_register("convert_element_type", _convert, unscaled=_keeps_zero, view=True)
+# Operands of one degree (those ``operands`` names; the rest: indices).
+_register("add sub add_any", _equal_operands, operands=_all, unscaled=_common,
+          role=_bias)
+_register("max min concatenate stack clamp complex", _equal_operands,
+          operands=_all, unscaled=_common)
+_register("pad dynamic_update_slice", _equal_operands, operands=_first_two,
+          unscaled=_common)
+_register("select_n", _equal_operands, operands=lambda n: range(1, n),
+          unscaled=_common)
+_register("scatter scatter-add scatter_add scatter-sub scatter_sub "
+          "scatter-max scatter_max scatter-min scatter_min", _equal_operands,
+          operands=_updates, unscaled=_common)
+_register("sign argmax argmin is_finite iota", _invariant)
+_register("eq ne lt le gt ge", _compare)
+_register("mul", _product, unscaled=_any_zero, role=_scale_role)
+_register("dot_general conv_general_dilated ragged_dot ragged_dot_general",
+          _product, unscaled=_any_zero, role=_kernel)
+_register("div", _div, unscaled=_zero_over_nonzero, role=_scale_role)
+_register("square", _power, unscaled=_keeps_zero, power=Fraction(2))
+_register("sqrt", _power, unscaled=_keeps_zero, power=Fraction(1, 2))
+_register("rsqrt", _power, unscaled=_keeps_zero, power=Fraction(-1, 2))
+_register("cbrt", _power, unscaled=_keeps_zero, power=Fraction(1, 3))
+_register("integer_pow", _power, unscaled=_keeps_zero)  # power: params["y"]
+_register("pow", _pow)
+_register("top_k approx_top_k", _top_k)
+# Not homogeneous: the input must be unscaled.
+_register("tanh sin tan asin atan sinh asinh atanh erf erf_inv expm1 log1p "
+          "floor ceil round", _nonlinear, unscaled=_keeps_zero)
+_register("exp exp2 log logistic cos acos atan2 cosh acosh erfc lgamma "
+          "digamma igamma igammac bessel_i0e bessel_i1e rem nextafter "
+          "reduce_prod cumprod cumlogsumexp bitcast_convert_type polygamma "
+          "zeta random_gamma_grad regularized_incomplete_beta not and or xor "
+          "population_count clz shift_left shift_right_logical "
+          "shift_right_arithmetic is_finite_not", _nonlinear)
+_register("zeros_like", _zeros_like, control=True)
+_register("cond", _cond, control=True)
+_register("while", _while, control=True)
+_register("scan", _scan, control=True)
+_register("reduce reduce_window", _generic_reduce, control=True)
