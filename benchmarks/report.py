@@ -405,7 +405,8 @@ def regime_section(results_dir: Path = common.RESULTS) -> str:
         + ("" if r.get("complete") else " (partial)") + f"; cells: {done}. "
         + (stale_line(r) or "Current."))
   first = files[0]
-  knobs = ", ".join(f"{n} {k}" for n, k in first["fixed_knobs"].items())
+  fixed = {n: k for r in files for n, k in r["fixed_knobs"].items()}
+  knobs = ", ".join(f"{n} {k}" for n, k in fixed.items())
   lines += ["", f"{first['dataset']}, {first['model']}, "
             f"{first['num_train']} training samples; second hyper-parameters "
             f"fixed for every method alike ({knobs}), learning rates tuned "

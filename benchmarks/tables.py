@@ -446,10 +446,35 @@ def language_model_plots(results: dict[str, Any], prefix: str) -> list[str]:
 
 # -- the regime map (benchmarks/regime.py) ----------------------------------
 
+# What two runs of one method in one cell must share to be the same run.
+_SAME_RUN = ("grid", "val_mean_per_config", "test_mean_per_config",
+             "selected", "test", "final_train_loss")
+
+
 def regime_cells(files: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Every cell of the regime JSON files given, by batch size then steps."""
-  cells = [c for r in files for c in r["cells"]]
-  return sorted(cells, key=lambda c: (c["batch_size"], c["steps"]))
+  """Every cell of the regime JSON files given, by batch size then steps.
+  A cell run by several files (another command adding methods) is one cell
+  with the union of their methods and comparisons; a method two files share
+  must have the same selected configuration and test accuracy per seed
+  (the runs are bit-reproducible), else this raises."""
+  merged: dict[tuple[int, int], dict[str, Any]] = {}
+  for r in files:
+    for c in r["cells"]:
+      key = (c["batch_size"], c["steps"])
+      if key not in merged:
+        merged[key] = {**c, "methods": dict(c["methods"]),
+                       "comparisons": list(c["comparisons"])}
+        continue
+      cell = merged[key]
+      for name, m in c["methods"].items():
+        seen = cell["methods"].setdefault(name, m)
+        if any(seen.get(k) != m.get(k) for k in _SAME_RUN):
+          raise ValueError(f"regime cell B={key[0]} x {key[1]} steps: "
+                           f"{name} differs between two files")
+      known = {(x["a"], x["b"]) for x in cell["comparisons"]}
+      cell["comparisons"] += [x for x in c["comparisons"]
+                              if (x["a"], x["b"]) not in known]
+  return [merged[k] for k in sorted(merged)]
 
 
 def regime_loss(cell: dict[str, Any]) -> float:

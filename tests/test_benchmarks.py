@@ -535,6 +535,37 @@ def test_a_fixed_knob_is_never_at_an_edge():
   assert grids["adam"]["adam"].knob_values == (0.999,)
 
 
+def test_regime_cells_run_by_two_commands_are_one_row():
+  """A command that adds methods to a cell another command ran: one row
+  with both's methods; a shared method that differs is an error, not a
+  silent pick (the runs are bit-reproducible)."""
+  from benchmarks import tables
+  def method(acc):
+    return {"grid": [1e-3], "val_mean_per_config": [acc],
+            "test_mean_per_config": [acc], "selected": [0], "test": [acc],
+            "final_train_loss": [0.01], "test_mean": acc}
+  def cell(steps, methods, pairs):
+    return {"batch_size": 512, "steps": steps, "steps_target": steps,
+            "epochs": 1, "methods": methods,
+            "comparisons": [{"a": a, "b": b} for a, b in pairs]}
+  first = {"cells": [cell(405, {"adam": method(0.7), "lawn-adam": method(0.8)},
+                          [("lawn-adam", "adam")]),
+                     cell(105, {"adam": method(0.5)}, [])]}
+  second = {"cells": [cell(405, {"adam": method(0.7), "adamw": method(0.9),
+                                 "lawn-adamw": method(0.85)},
+                           [("lawn-adamw", "adamw")])]}
+  cells = tables.regime_cells([first, second])
+  assert [c["steps"] for c in cells] == [105, 405]
+  assert set(cells[1]["methods"]) == {"adam", "lawn-adam", "adamw",
+                                      "lawn-adamw"}
+  assert [(c["a"], c["b"]) for c in cells[1]["comparisons"]] == [
+      ("lawn-adam", "adam"), ("lawn-adamw", "adamw")]
+  assert len(first["cells"][0]["methods"]) == 2   # the inputs are untouched
+  second["cells"][0]["methods"]["adam"] = method(0.71)
+  with pytest.raises(ValueError, match="B=512 x 405 steps: adam differs"):
+    tables.regime_cells([first, second])
+
+
 @pytest.mark.slow   # ~2 min on 2 cores: two cells, each compiled
 def test_regime_tiny_end_to_end(tmp_path):
   from benchmarks import regime
