@@ -4,7 +4,11 @@ The composition battery (tests/test_composition.py), the checkpoint script
 (tests/scripts/checkpoint_check.py) and the sharding script
 (tests/scripts/sharding_check.py) read :data:`METHODS`; a new method that
 registers here is checked by all of them, and ``test_registry.py`` fails
-for a public factory that no entry uses. Params are Flax-style
+for a public factory that no entry uses. A method whose factory takes
+``retraction=`` registers with ``projection=True``: its projection-path
+twin (``retraction="projection"`` plus ``lo.project_norms``) is derived and
+checked by all of them too, and ``test_project_norms.py`` compares the two
+paths' trajectories. Params are Flax-style
 ``{"Dense_i": {"kernel", "bias"}}`` trees; ``mask`` is their kernels.
 """
 
@@ -23,7 +27,8 @@ FREE = 2  # LAWN's free steps: the scripts' 3 steps reach the constrained phase
 
 class Method(NamedTuple):
   name: str
-  factory: Callable[..., optax.GradientTransformation]  # (learning_rate, mask)
+  # (learning_rate, mask[, retraction="exact"]) -> the transformation
+  factory: Callable[..., optax.GradientTransformation]
   # invariant(params_before, params_after, state, step, rtol) raises if broken.
   invariant: Callable[[Any, Any, Any, int, float], None]
   learning_rate: float = 0.05
@@ -31,6 +36,9 @@ class Method(NamedTuple):
   # Built with retraction="projection": every caller applies
   # lo.project_norms after optax.apply_updates (see apply()).
   projected: bool = False
+  # The factory takes retraction=: its projection-path twin is derived
+  # (projection_twin) and runs every check the method runs.
+  projection: bool = False
 
 
 def apply(method, params, updates, state):
@@ -95,15 +103,21 @@ def jax_leaves(tree):
           if not isinstance(x, optax.MaskedNode)]
 
 
-METHODS = [
-    Method("lawn_adam", lambda learning_rate, mask: lo.lawn_adam(
-        learning_rate, free_steps=FREE, mask=mask),
+_METHODS = [
+    Method("lawn_adam",
+           lambda learning_rate, mask, retraction="exact": lo.lawn_adam(
+               learning_rate, free_steps=FREE, mask=mask,
+               retraction=retraction),
            frozen_norms_held("tensor"), 1e-2, ("lawn_adam", "lawn",
-                                               "constrain_norms_after")),
-    Method("lawn_sgd_unit_tangent", lambda learning_rate, mask: lo.lawn_sgd(
-        learning_rate, free_steps=FREE, mask=mask, momentum=0.9,
-        nesterov=True, granularity="unit", tangent_projection=True),
-           frozen_norms_held("unit"), 0.1, ("lawn_sgd", "project_to_tangent")),
+                                               "constrain_norms_after"),
+           projection=True),
+    Method("lawn_sgd_unit_tangent",
+           lambda learning_rate, mask, retraction="exact": lo.lawn_sgd(
+               learning_rate, free_steps=FREE, mask=mask, momentum=0.9,
+               nesterov=True, granularity="unit", tangent_projection=True,
+               retraction=retraction),
+           frozen_norms_held("unit"), 0.1, ("lawn_sgd", "project_to_tangent"),
+           projection=True),
     Method("lawn_lamb", lambda learning_rate, mask: lo.lawn_lamb(
         learning_rate, free_steps=FREE, mask=mask),
            frozen_norms_held("tensor"), 1e-2, ("lawn_lamb",)),
@@ -120,17 +134,23 @@ METHODS = [
     Method("constrain_norms", lambda learning_rate, mask: optax.chain(
         optax.sgd(learning_rate, momentum=0.9), lo.constrain_norms(mask)),
            norms_equal_targets("tensor"), 0.1, ("constrain_norms",)),
-    Method("fixnorm", lambda learning_rate, mask: lo.fixnorm(
-        optax.sgd(learning_rate, momentum=0.9), mask=body,
-        classifier_mask=head, classifier_norm=2.0),
-           norms_equal_targets("tensor"), 0.1, ("fixnorm",)),
-    Method("wrs", lambda learning_rate, mask: lo.weight_rescaling(
-        optax.adam(learning_rate), mask=mask, period=2),
+    Method("fixnorm",
+           lambda learning_rate, mask, retraction="exact": lo.fixnorm(
+               optax.sgd(learning_rate, momentum=0.9), mask=body,
+               classifier_mask=head, classifier_norm=2.0,
+               retraction=retraction),
+           norms_equal_targets("tensor"), 0.1, ("fixnorm",), projection=True),
+    Method("wrs",
+           lambda learning_rate, mask, retraction="exact": lo.weight_rescaling(
+               optax.adam(learning_rate), mask=mask, period=2,
+               retraction=retraction),
            norms_equal_targets("unit", every=2), 1e-2,
-           ("weight_rescaling",)),
-    Method("max_norm", lambda learning_rate, mask: lo.max_norm(
-        optax.adam(learning_rate), max_value=1.0, mask=mask),
-           below_max_norm(1.0), 0.05, ("max_norm",)),
+           ("weight_rescaling",), projection=True),
+    Method("max_norm",
+           lambda learning_rate, mask, retraction="exact": lo.max_norm(
+               optax.adam(learning_rate), max_value=1.0, mask=mask,
+               retraction=retraction),
+           below_max_norm(1.0), 0.05, ("max_norm",), projection=True),
     Method("cblr_secant", lambda learning_rate, mask: lo.cblr(
         learning_rate, estimator="secant", mask=mask, max_scale=10.0),
            finite, 0.05, ("cblr", "scale_by_curvature_lr",
@@ -140,35 +160,27 @@ METHODS = [
     Method("lars", lambda learning_rate, mask: lo.paper_lars(
         learning_rate, weight_decay=1e-3, trust_coefficient=0.01, mask=mask),
            finite, 1.0, ("paper_lars", "scale_by_grad_weight_ratio")),
-    # The projection path (lo.project_norms after apply_updates) of the
-    # methods that hold norms: the same invariants, through every check.
-    Method("lawn_adam_projection", lambda learning_rate, mask: lo.lawn_adam(
-        learning_rate, free_steps=FREE, mask=mask, retraction="projection"),
-           frozen_norms_held("tensor"), 1e-2, ("lawn_adam", "project_norms"),
-           projected=True),
-    Method("lawn_sgd_unit_tangent_projection",
-           lambda learning_rate, mask: lo.lawn_sgd(
-               learning_rate, free_steps=FREE, mask=mask, momentum=0.9,
-               granularity="unit", tangent_projection=True,
-               retraction="projection"),
-           frozen_norms_held("unit"), 0.1, ("lawn_sgd", "project_norms"),
-           projected=True),
-    Method("fixnorm_projection", lambda learning_rate, mask: lo.fixnorm(
-        optax.sgd(learning_rate, momentum=0.9), mask=body,
-        classifier_mask=head, classifier_norm=2.0, retraction="projection"),
-           norms_equal_targets("tensor"), 0.1, ("fixnorm", "project_norms"),
-           projected=True),
-    Method("wrs_projection", lambda learning_rate, mask: lo.weight_rescaling(
-        optax.adam(learning_rate), mask=mask, period=2,
-        retraction="projection"),
-           norms_equal_targets("unit", every=2), 1e-2,
-           ("weight_rescaling", "project_norms"), projected=True),
-    Method("max_norm_projection", lambda learning_rate, mask: lo.max_norm(
-        optax.adam(learning_rate), max_value=1.0, mask=mask,
-        retraction="projection"),
-           below_max_norm(1.0), 0.05, ("max_norm", "project_norms"),
-           projected=True),
 ]
+
+
+def projection_twin(method: Method) -> Method:
+  """``method`` on the projection path: built with
+  ``retraction="projection"``, stepped with ``lo.project_norms``; the same
+  invariant."""
+  base = method.factory
+
+  # (learning_rate, mask) exactly: inject_hyperparams reads the signature.
+  def factory(learning_rate, mask):
+    return base(learning_rate, mask, retraction="projection")
+
+  return method._replace(name=method.name + "_projection", factory=factory,
+                         uses=method.uses + ("project_norms",),
+                         projected=True, projection=False)
+
+
+# Every method, then the projection path of those that hold norms.
+METHODS = _METHODS + [projection_twin(m) for m in _METHODS if m.projection]
+
 
 # Public factories no cross-cutting test builds on purpose, and why.
 EXEMPT = {

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import lawn_optax as lo
-from tests import helpers, tolerance
+from tests import helpers, registry, tolerance
 from tests import reference as ref
 
 SHAPES = helpers.SMALL_SHAPES
@@ -98,30 +98,34 @@ def test_free_phase_is_the_base_optimizer_bit_for_bit():
     params, state = projected, new_state
 
 
-@pytest.mark.parametrize("method", ["lawn", "fixnorm", "wrs", "max_norm"])
+def _flax_style(tree):
+  """The small test tree as tests/registry.py's masks expect it."""
+  return {"Dense_0": {"kernel": tree["k1"], "bias": tree["k2"][0]},
+          "Dense_1": {"kernel": tree["k2"], "bias": tree["b"]}}
+
+
+@pytest.mark.parametrize("method", [m for m in registry.METHODS
+                                    if m.projection], ids=lambda m: m.name)
 def test_same_trajectory_as_the_chain(method):
   """Both paths apply one rule: the same trajectory to float32 rounding
-  (within the error model's bound of the reference comparison)."""
-  mask = {"k1": True, "k2": True, "b": False}
-  make = {
-      "lawn": lambda r: lo.lawn_adam(0.02, free_steps=3, mask=mask,
-                                     retraction=r),
-      "fixnorm": lambda r: lo.fixnorm(optax.sgd(0.05, momentum=0.9),
-                                      mask=mask, retraction=r),
-      "wrs": lambda r: lo.weight_rescaling(optax.adam(0.02), mask=mask,
-                                           period=3, retraction=r),
-      "max_norm": lambda r: lo.max_norm(optax.adam(0.02), max_value=1.5,
-                                        mask=mask, retraction=r),
-  }[method]
-  params0, targets = _params(), _targets(12)
-  chain = _trajectory(make("exact"), params0, targets, project=False)
-  proj = _trajectory(make("projection"), params0, targets, project=True)
+  (within the error model's bound of the reference comparison), for every
+  registered method that takes ``retraction=`` (a new one is covered by
+  registering it)."""
+  params0 = _flax_style(_params())
+  targets = [_flax_style(t) for t in _targets(12)]
+  mask = registry.kernels(params0)
+  build = lambda **kw: method.factory(method.learning_rate, mask, **kw)
+  chain = _trajectory(build(), params0, targets, project=False)
+  proj = _trajectory(build(retraction="projection"), params0, targets,
+                     project=True)
   for t, ((p, _), (q, _)) in enumerate(zip(chain, proj)):
-    for k in SHAPES:
-      scale = float(np.max(np.abs(p[k])))
-      np.testing.assert_allclose(q[k], p[k], rtol=0, atol=2 * (
+    flat_p = jax.tree_util.tree_flatten_with_path(p)[0]
+    for (path, a), b in zip(flat_p, jax.tree.leaves(q)):
+      scale = float(np.max(np.abs(a)))
+      np.testing.assert_allclose(b, a, rtol=0, atol=2 * (
           tolerance.reduction_bound(30, scale, reductions=2, steps=t + 1)),
-                                 err_msg=f"{method} {k} step {t}")
+                                 err_msg=f"{method.name} "
+                                 f"{jax.tree_util.keystr(path)} step {t}")
   a, b = lo.frozen_norms(chain[-1][1]), lo.frozen_norms(proj[-1][1])
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5), a, b)
 
