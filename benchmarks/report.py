@@ -412,7 +412,8 @@ def regime_section(results_dir: Path = common.RESULTS) -> str:
             f"fixed for every method alike ({knobs}), learning rates tuned "
             "under the protocol; test accuracy per seed averaged over the "
             "studies that report it.", "",
-            tables.regime_table(tables.regime_cells(files))]
+            tables.regime_table(tables.regime_cells(files)), "",
+            tables.regime_reading(tables.regime_cells(files))]
   return "\n".join(lines)
 
 

@@ -521,19 +521,72 @@ def regime_table(cells: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def _cell_label(cell: dict[str, Any]) -> str:
+  regime = " ✓" if regime_loss(cell) <= SMALL_LOSS else ""
+  return f"B={cell['batch_size']} × {cell['steps']} steps{regime}"
+
+
+def _where(cells: Sequence[dict[str, Any]], a: str, b: str,
+           keep: Any) -> list[str]:
+  """The cells whose (a, b) comparison passes ``keep``, with its mean."""
+  out = []
+  for cell in cells:
+    c = _comparison(cell, a, b)
+    if c is not None and keep(c, cell):
+      out.append(f"{_cell_label(cell)} ({100 * c['mean']:+.1f})")
+  return out
+
+
+def regime_reading(cells: Sequence[dict[str, Any]]) -> str:
+  """The map's reading for a practitioner, from the verdicts only (no
+  claim beyond a cell): each LAWN pair's cells by verdict, then where
+  LAWN-Adam stands in for AdamW's decay (beats Adam, no difference to
+  AdamW) and where LAWN adds to decay (LAWN-AdamW beats AdamW)."""
+  names = {"higher": "higher", "lower": "lower",
+           "no difference": "no difference",
+           "unstable": "unstable (the studies disagree)"}
+  sentences = []
+  for a, b in _pairs(cells):
+    by = [f"{names[v]} at {', '.join(w)}" for v in names
+          if (w := _where(cells, a, b, lambda c, cell, v=v:
+                          c["verdict"] == v))]
+    sentences.append(f"{a} − {b}: " + "; ".join(by))
+  def stands_in(c, cell):
+    w = _comparison(cell, "lawn-adam", "adamw")
+    return c["verdict"] == "higher" and w is not None and (
+        w["verdict"] == "no difference")
+  sentences.append("LAWN-Adam stands in for AdamW's decay (beats Adam, no "
+                   "difference to AdamW) at " + (", ".join(_where(
+                       cells, "lawn-adam", "adam", stands_in)) or "no cell"))
+  if ("lawn-adamw", "adamw") in _pairs(cells):
+    sentences.append("LAWN adds to decay (LAWN-AdamW beats AdamW) at " + (
+        ", ".join(_where(cells, "lawn-adamw", "adamw",
+                         lambda c, cell: c["verdict"] == "higher"))
+        or "no cell"))
+  return ("**Reading, from these cells only** (difference in points; ✓ in "
+          "the small-loss regime). " + ". ".join(sentences) + ".")
+
+
 def regime_figure(cells: Sequence[dict[str, Any]], path: str) -> str:
-  """Heat maps (batch size × steps), one per LAWN pair: colour the mean
-  difference in points, text the difference, the verdict and Adam's final
-  train loss L."""
+  """Heat maps (batch size × steps), one per LAWN pair, on one colour
+  scale: colour the mean difference in points, text the difference, the
+  verdict and Adam's final train loss L."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   pairs = _pairs(cells)
   batches = sorted({c["batch_size"] for c in cells})
   steps = sorted({c["steps_target"] for c in cells})
-  fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 3.6),
+  # One colour scale for every panel, three panels a row.
+  lim = max([1.0] + [abs(100 * c["mean"]) for cell in cells
+                     for c in cell["comparisons"]])
+  cols = min(3, len(pairs))
+  rows = -(-len(pairs) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows),
                            squeeze=False)
-  for ax, (a, b) in zip(axes[0], pairs):
+  for ax in axes.flat[len(pairs):]:
+    ax.axis("off")
+  for ax, (a, b) in zip(axes.flat, pairs):
     grid = np.full((len(batches), len(steps)), np.nan)
     for cell in cells:
       c = _comparison(cell, a, b)
@@ -545,9 +598,7 @@ def regime_figure(cells: Sequence[dict[str, Any]], path: str) -> str:
       loss = regime_loss(cell)
       ax.text(j, i, f"{100 * c['mean']:+.1f}\n{c['verdict']}\nL {loss:.2g}",
               ha="center", va="center", fontsize=7,
-              color="white" if abs(100 * c["mean"]) > 2 else "black")
-    lim = max(1.0, float(np.nanmax(np.abs(grid)))) if np.isfinite(
-        grid).any() else 1.0
+              color="white" if abs(100 * c["mean"]) > lim / 2 else "black")
     ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower",
               aspect="auto")
     ax.set_xticks(range(len(steps)), [str(s) for s in steps])

@@ -566,6 +566,29 @@ def test_regime_cells_run_by_two_commands_are_one_row():
     tables.regime_cells([first, second])
 
 
+def test_regime_reading_says_only_what_the_verdicts_say():
+  from benchmarks import tables
+  def cell(steps, loss, verdicts):
+    return {"batch_size": 2048, "steps": steps,
+            "methods": {"adam": {"final_train_loss": [loss]}},
+            "comparisons": [{"a": a, "b": b, "verdict": v, "mean": m}
+                            for (a, b), (v, m) in verdicts.items()]}
+  cells = [cell(100, 0.5, {("lawn-adam", "adam"): ("no difference", 0.001),
+                           ("lawn-adam", "adamw"): ("lower", -0.02)}),
+           cell(400, 0.01, {("lawn-adam", "adam"): ("higher", 0.021),
+                            ("lawn-adam", "adamw"): ("no difference", 0.0)})]
+  text = tables.regime_reading(cells)
+  assert ("lawn-adam − adam: higher at B=2048 × 400 steps ✓ (+2.1); "
+          "no difference at B=2048 × 100 steps (+0.1)") in text
+  assert "lawn-adam − adamw: lower at B=2048 × 100 steps (-2.0)" in text
+  assert ("stands in for AdamW's decay (beats Adam, no difference to AdamW)"
+          " at B=2048 × 400 steps ✓ (+2.1)") in text
+  assert "LAWN adds to decay" not in text   # lawn-adamw was not run
+  cells[1]["comparisons"][0]["verdict"] = "unstable"
+  assert "decay (beats Adam, no difference to AdamW) at no cell" in (
+      tables.regime_reading(cells))
+
+
 @pytest.mark.slow   # ~2 min on 2 cores: two cells, each compiled
 def test_regime_tiny_end_to_end(tmp_path):
   from benchmarks import regime
