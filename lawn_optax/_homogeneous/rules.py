@@ -71,9 +71,14 @@ def rule(name: str) -> Primitive:
 def unscaled(name: str, eqn, ins: Sequence[Val], data: bool) -> Val:
   """The value of an equation none of whose operands is scaled: a constant,
   or a literal zero/infinity that keeps every degree."""
-  p = rule(name)
-  idx = range(len(ins)) if p.operands is None else p.operands(len(ins))
-  return Val({}, p.unscaled([ins[j].wild for j in idx]), data=data)
+  idx = _value_operands(name, len(ins))
+  return Val({}, rule(name).unscaled([ins[j].wild for j in idx]), data=data)
+
+
+def _value_operands(name: str, n: int) -> Sequence[int]:
+  """The operands of ``name`` (of ``n``) that carry the value."""
+  operands = rule(name).operands
+  return range(n) if operands is None else operands(n)
 
 
 def role(name: str, pos: int, ins: Sequence[Val]) -> str | None:
@@ -172,7 +177,7 @@ def _top_k(interp, eqn, ins, data):
 
 
 def _equal_operands(interp, eqn, ins, data):
-  idx = list(RULES[eqn.primitive.name].operands(len(ins)))
+  idx = list(_value_operands(eqn.primitive.name, len(ins)))
   for j in range(len(ins)):
     if j not in idx:
       interp.need(ins[j].form, eqn, "unscaled indices and predicates")
