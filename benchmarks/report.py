@@ -404,7 +404,7 @@ def regime_section(results_dir: Path = common.RESULTS) -> str:
         f"{r.get('wall_seconds', 0) / 60:.0f} min"
         + ("" if r.get("complete") else " (partial)") + f"; cells: {done}. "
         + (stale_line(r) or "Current."))
-  first = files[0]
+  first, cells = files[0], tables.regime_cells(files)
   fixed = {n: k for r in files for n, k in r["fixed_knobs"].items()}
   knobs = ", ".join(f"{n} {k}" for n, k in fixed.items())
   lines += ["", f"{first['dataset']}, {first['model']}, "
@@ -412,8 +412,7 @@ def regime_section(results_dir: Path = common.RESULTS) -> str:
             f"fixed for every method alike ({knobs}), learning rates tuned "
             "under the protocol; test accuracy per seed averaged over the "
             "studies that report it.", "",
-            tables.regime_table(tables.regime_cells(files)), "",
-            tables.regime_reading(tables.regime_cells(files))]
+            tables.regime_table(cells), "", tables.regime_reading(cells)]
   return "\n".join(lines)
 
 

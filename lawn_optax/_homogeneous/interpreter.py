@@ -120,10 +120,10 @@ class Interpreter:
   def eqn(self, eqn, ins: list[Val]) -> list[Val]:
     """One equation: the rule table decides (see :mod:`.rules`)."""
     name = eqn.primitive.name
-    for pos, v in enumerate(ins):
-      if v.origin is not None and (r := rules.role(name, pos, ins)):
-        self.roles[v.origin].add(r)
     entry = rules.rule(name)
+    for pos, v in enumerate(ins):
+      if v.origin is not None and (r := entry.role(pos, ins)):
+        self.roles[v.origin].add(r)
     data = any(v.data for v in ins)
     if entry.control:
       return entry.rule(self, eqn, ins, data)
