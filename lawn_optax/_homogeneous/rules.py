@@ -81,13 +81,6 @@ def _value_operands(name: str, n: int) -> Sequence[int]:
   return range(n) if operands is None else operands(n)
 
 
-def role(name: str, pos: int, ins: Sequence[Val]) -> str | None:
-  """How a parameter leaf used as operand ``pos`` of ``name`` acts: a
-  kernel, an embedding table, a scale or a bias (for the options and the
-  bias test), or nothing said."""
-  return rule(name).role(pos, ins)
-
-
 # -- what the outputs keep when no operand is scaled (value operands' wild) --
 
 def _first(wild: Sequence[Wild]) -> Wild:
