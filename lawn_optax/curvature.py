@@ -57,8 +57,10 @@ class CurvatureEstimator(NamedTuple):
   **extra_args) -> (curvature, state)``, where ``curvature`` has the
   structure of ``params`` with one float32 ``[]`` per leaf (NaN where there
   is no estimate this step: the previous one is kept) and ``extra_args``
-  are those ``update`` received. Every leaf is estimated; the transform
-  reads the leaves its ``mask`` selects (under ``jit`` XLA drops the rest).
+  are those ``update`` received. Every leaf is passed, those the ``mask``
+  leaves out too (give them any scalar: an estimator must not fail on an
+  empty or integer leaf); the transform reads the leaves its ``mask``
+  selects (under ``jit`` XLA drops the rest).
   ``smoothed``: EMA the estimates (``ema_decay``); ``weight_decay`` (LARS's
   β) is added to the update as ``β w``.
 
@@ -80,7 +82,10 @@ class CurvatureEstimator(NamedTuple):
 
 
 def _median(x):
-  # NaN marks entries without an estimate (w_i == 0, Δw_i == 0).
+  # NaN marks entries without an estimate (w_i == 0, Δw_i == 0); an empty
+  # leaf (one the mask leaves out, say) has none at all.
+  if x.size == 0:
+    return jnp.full([], jnp.nan, jnp.float32)
   return jnp.nanmedian(x.ravel())
 
 

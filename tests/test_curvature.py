@@ -271,6 +271,28 @@ def test_an_option_the_estimator_lacks_is_refused_by_name():
             weight_decay=1e-4)
 
 
+@pytest.mark.parametrize("make", [
+    lambda m: lo.scale_by_grad_weight_ratio(mask=m),
+    lambda m: lo.scale_by_grad_weight_ratio(mask=m, reduction="median"),
+    lambda m: lo.scale_by_secant_curvature(mask=m),
+    lambda m: lo.scale_by_secant_curvature(mask=m, reduction="median"),
+])
+def test_leaves_the_mask_leaves_out_may_be_empty_or_integer(make):
+  """The estimators see every leaf: an empty or integer leaf the mask
+  leaves out passes through untouched (0.3's estimators saw only the
+  selected leaves; a median of an empty leaf raised)."""
+  p = {"w": jnp.asarray([[1.0, 2.0], [3.0, 5.0]]),
+       "step": jnp.zeros((), jnp.int32), "empty": jnp.zeros((0,))}
+  g = {"w": jnp.asarray([[0.5, -1.0], [2.0, 1.0]]),
+       "step": jnp.ones((), jnp.int32), "empty": jnp.zeros((0,))}
+  tx = make({"w": True, "step": False, "empty": False})
+  state = tx.init(p)
+  for _ in range(2):
+    u, state = jax.jit(tx.update)(g, state, p)
+  assert u["step"] == 1 and u["empty"].shape == (0,)
+  assert np.isfinite(np.asarray(u["w"])).all()
+
+
 def test_hutchinson_without_obj_fn_names_the_transform():
   tx = lo.scale_by_hutchinson_curvature()
   p = {"w": jnp.ones(2)}
