@@ -225,9 +225,12 @@ def docs_page(results_dir: Path = common.RESULTS) -> str:
            "## Language model", "",
            language_model_section(results_dir, docs=True), "",
            "## Regime map", "", regime_section(results_dir), ""]
-  for name in ("regime_map.png", "regime_sensitivity.png"):
-    if (results_dir / name).exists():
-      lines += [f"![{name}](../../benchmarks/results/{name})", ""]
+  groups = _regime_groups(results_dir)
+  for dataset in groups:
+    for stem in ("regime_map", "regime_sensitivity"):
+      name = stem + _regime_suffix(groups, dataset) + ".png"
+      if (results_dir / name).exists():
+        lines += [f"![{name}](../../benchmarks/results/{name})", ""]
   lines += ["## Step cost", ""]
   for path in sorted(results_dir.glob("overhead*.json")):
     lines += _overhead_section(path)
@@ -385,16 +388,42 @@ def projection_target(runs: list[tuple[str, dict]]) -> list[str]:
   return lines
 
 
+def _regime_groups(results_dir: Path) -> dict[str, list[tuple[Path, dict]]]:
+  """Every ``regime_*.json`` by dataset (one map each), the dataset with
+  the most cells first."""
+  groups: dict[str, list[tuple[Path, dict]]] = {}
+  for path in _results("regime_*.json", results_dir):
+    r = json.loads(path.read_text())
+    groups.setdefault(r["dataset"], []).append((path, r))
+  size = lambda d: -sum(len(r["cells"]) for _, r in groups[d])
+  return {d: groups[d] for d in sorted(groups, key=lambda d: (size(d), d))}
+
+
+def _regime_suffix(groups: dict[str, Any], dataset: str) -> str:
+  """File-name suffix of a dataset's regime figures: none for the first
+  map (MNIST-1D's, the one the README links), the dataset's name else."""
+  return "" if dataset == next(iter(groups)) else f"_{dataset}"
+
+
 def regime_section(results_dir: Path = common.RESULTS) -> str:
-  """README's regime map: every ``regime_*.json`` (one per command), each
-  with its command, commit and staleness, then one table of their cells."""
-  from benchmarks import tables
-  paths = _results("regime_*.json", results_dir)
-  if not paths:
+  """README's regime maps, one per dataset: every ``regime_*.json`` (one per
+  command), each with its command, commit and staleness, then one table of
+  their cells and its reading."""
+  groups = _regime_groups(results_dir)
+  if not groups:
     return "Not run yet: `python -m benchmarks.regime` (see its docstring)."
-  files = [json.loads(p.read_text()) for p in paths]
+  parts = []
+  for dataset, entries in groups.items():
+    if len(groups) > 1:
+      parts += [f"**{TITLES.get(dataset, dataset)}**", ""]
+    parts += [_regime_map(entries), ""]
+  return "\n".join(parts).rstrip()
+
+
+def _regime_map(entries: list[tuple[Path, dict]]) -> str:
+  from benchmarks import tables
   lines = []
-  for path, r in zip(paths, files):
+  for path, r in entries:
     env = r["environment"]
     done = ", ".join(f"B={c['batch_size']} × {c['steps']} steps"
                      for c in r["cells"])
@@ -404,6 +433,7 @@ def regime_section(results_dir: Path = common.RESULTS) -> str:
         f"{r.get('wall_seconds', 0) / 60:.0f} min"
         + ("" if r.get("complete") else " (partial)") + f"; cells: {done}. "
         + (stale_line(r) or "Current."))
+  files = [r for _, r in entries]
   first, cells = files[0], tables.regime_cells(files)
   fixed = {n: k for r in files for n, k in r["fixed_knobs"].items()}
   knobs = ", ".join(f"{n} {k}" for n, k in fixed.items())
@@ -417,21 +447,24 @@ def regime_section(results_dir: Path = common.RESULTS) -> str:
 
 
 def regime_figures(results_dir: Path = common.RESULTS) -> list[str]:
-  """The heat map of every regime cell, and test accuracy vs learning rate
-  for each large-batch (>= 512) cell in the small-loss regime."""
+  """Per dataset, the heat map of every regime cell, and test accuracy vs
+  learning rate for each large-batch (>= 512) cell in the small-loss
+  regime."""
   from benchmarks import tables
-  paths = _results("regime_*.json", results_dir)
-  if not paths:
-    return []
-  cells = tables.regime_cells([json.loads(p.read_text()) for p in paths])
-  out = [tables.regime_figure(cells, str(results_dir / "regime_map.png"))]
-  panels = [(f"B={c['batch_size']}, {c['steps']} steps", c["methods"])
-            for c in cells if c["batch_size"] >= 512
-            and tables.regime_loss(c) <= tables.SMALL_LOSS]
-  if panels:
-    out.append(tables.sensitivity_figure(
-        panels, str(results_dir / "regime_sensitivity.png"),
-        "test accuracy", scale=100))
+  out = []
+  groups = _regime_groups(results_dir)
+  for dataset, entries in groups.items():
+    suffix = _regime_suffix(groups, dataset)
+    cells = tables.regime_cells([r for _, r in entries])
+    out.append(tables.regime_figure(
+        cells, str(results_dir / f"regime_map{suffix}.png")))
+    panels = [(f"B={c['batch_size']}, {c['steps']} steps", c["methods"])
+              for c in cells if c["batch_size"] >= 512
+              and tables.regime_loss(c) <= tables.SMALL_LOSS]
+    if panels:
+      out.append(tables.sensitivity_figure(
+          panels, str(results_dir / f"regime_sensitivity{suffix}.png"),
+          "test accuracy", scale=100))
   return out
 
 

@@ -566,6 +566,26 @@ def test_regime_cells_run_by_two_commands_are_one_row():
     tables.regime_cells([first, second])
 
 
+def test_each_dataset_has_its_own_regime_map(tmp_path):
+  """Regime files of two tasks are two maps (tables, readings, figures),
+  never one table that mixes their cells."""
+  from benchmarks import report
+  src = json.loads((common.RESULTS / "regime_mnist1d_b2048.json").read_text())
+  other = {**src, "dataset": "fashion_mnist", "cells": src["cells"][1:]}
+  (tmp_path / "regime_mnist1d_b2048.json").write_text(json.dumps(src))
+  (tmp_path / "regime_fashion_mnist.json").write_text(json.dumps(other))
+  text = report.regime_section(tmp_path)
+  mnist, fashion = text.split("**Fashion-MNIST**")
+  assert mnist.startswith("**MNIST-1D**")
+  assert "regime_mnist1d_b2048.json" in mnist and "fashion" not in mnist
+  assert "regime_fashion_mnist.json" in fashion and "mnist1d_b2048" not in fashion
+  assert "B=2048 × 99 steps" in mnist and "B=2048 × 99 steps" not in fashion
+  assert text.count("**Reading, from these cells only**") == 2
+  drawn = report.regime_figures(tmp_path)
+  assert {p.rsplit("/", 1)[-1] for p in drawn} >= {"regime_map.png",
+                                                  "regime_map_fashion_mnist.png"}
+
+
 def test_regime_reading_says_only_what_the_verdicts_say():
   from benchmarks import tables
   def cell(steps, loss, verdicts):
