@@ -9,14 +9,11 @@ and (b) a full train step (forward, backward, update, apply) for the base
 optimizer and every variant:
 
   lawn-tensor / lawn-unit      LAWN (``free_steps=1``), constrained phase: the
-                               base update recomputed inside the gate for the
-                               norm (``constrain_norms_after``), per tensor /
+                               chain ``named_chain(base, constrain_norms)``,
+                               the update stored and read twice, per tensor /
                                per output unit
   lawn-free                    the free phase (before ``free_steps``)
-  lawn-stored / -stored-free   the same with the update stored instead
-                               (``named_chain(base, constrain_norms)``, the
-                               previous default), both phases
-  lawn-static0                 ``free_steps=0``: no gate, update stored
+  lawn-static0                 ``free_steps=0``: no gate
   lawn-lazy / lawn-lazy-free   the one-pass lazy retraction, both phases
   lawn-tangent                 exact + tangent projection, constrained phase
   fixnorm / wrs / wrs-between  FixNorm; WRS on an active step (period 1, no
@@ -81,16 +78,12 @@ NEVER = 10**9  # free_steps that are never reached: the free phase
 
 def _variants(mask):
   lawn = lambda base, **kw: lo.lawn(base, mask=mask, **kw)
-  stored = lambda base, start: optax.named_chain(
-      ("base", base), ("lawn", lo.constrain_norms(mask, start_step=start)))
   # Timed from the state after one update, so free_steps=1 is constrained.
   return {
       "base": lambda base: base,
       "lawn-tensor": lambda base: lawn(base, free_steps=1),
       "lawn-unit": lambda base: lawn(base, free_steps=1, granularity="unit"),
       "lawn-free": lambda base: lawn(base, free_steps=NEVER),
-      "lawn-stored": lambda base: stored(base, 1),
-      "lawn-stored-free": lambda base: stored(base, NEVER),
       "lawn-static0": lambda base: lawn(base, free_steps=0),
       "lawn-lazy": lambda base: lawn(base, free_steps=1, retraction="lazy"),
       "lawn-lazy-free": lambda base: lawn(base, free_steps=NEVER,
