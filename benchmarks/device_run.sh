@@ -8,7 +8,7 @@
 # one 15-minute session runs, in ~11 minutes from its first line and in the
 # order the results matter, each job in its own slice (every study sizes
 # its work to its slice from a measured calibration, and its chunks of runs
-# to the device's memory by compiling them: benchmarks/protocol.py):
+# to the device's memory by compiling them: benchmarks/protocol/programs.py):
 #   step_cost    (~4 min) the 24M MLP cells with the projection path and the
 #                peer, a GPT-2-small LM step and a BN ResNet step
 #   fashion_cnn  (~3 min) the BN ResNet on Fashion-MNIST

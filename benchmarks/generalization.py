@@ -569,8 +569,7 @@ def make_task(dataset: str, hidden, max_train=None, path=None,
   raise ValueError(f"unknown dataset {dataset!r}")
 
 
-def main(argv=None):
-  common.pin_cpu_threads()  # the same bits on any machine (common.py)
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   mode = p.add_mutually_exclusive_group()
   mode.add_argument("--quick", action="store_true", help="default; CPU-sized")
@@ -599,7 +598,12 @@ def main(argv=None):
                       "benchmarks/results holds the committed runs)")
   p.add_argument("--tag", default=None, help="suffix for output file names "
                  "(default: the preset's)")
-  args = p.parse_args(argv)
+  return p
+
+
+def main(argv=None):
+  common.pin_cpu_threads()  # the same bits on any machine (common.py)
+  args = _parser().parse_args(argv)
   preset = args.preset or ("full" if args.full else "quick")
   cfg = dict(PRESETS[preset])
   for k in ("dataset", "optimizers", "batch_sizes", "epochs", "seeds",
@@ -617,24 +621,41 @@ def main(argv=None):
   t0 = time.perf_counter()
   task = make_task(cfg["dataset"], tuple(cfg["hidden"]), cfg.get("max_train"),
                    args.data, cfg.get("model", "mlp"))
+  results = _header(task, cfg, preset, args, seeds, studies)
+  results["compute_seconds"] = _run_cells(task, cfg, args, seeds, studies,
+                                          results)
+  results["wall_seconds"] = time.perf_counter() - t0
+  results.update(common.provenance_of_code())
+  _write(results, f"generalization_{task.name}{tag}", task.metric, out_dir)
+  return results
+
+
+def _header(task: Task, cfg: dict[str, Any], preset: str, args, seeds,
+            studies) -> dict[str, Any]:
+  """A results file's description of its run, before any cell."""
   params0 = task.init(jax.random.key(0))[0]
-  results = {"dataset": task.name, "metric": task.metric, "mode": preset,
-             "num_train": task.num_train,
-             "num_params": int(sum(x.size for x in jax.tree.leaves(params0))),
-             "model": ("NCF" if task.name == "movielens" else
-                       "BatchNorm ResNet" if task.name.endswith("_cnn") else
-                       f"MLP {list(cfg['hidden'])}"),
-             "dataset_source": DATA_SOURCES.get(task.name, task.name),
-             "seeds": seeds, "studies": studies,
-             "schedule": args.schedule, "warmup_fraction": 0.05,
-             "max_extensions": args.max_extensions,
-             "epochs": cfg["epochs"], "protocol": protocol.PROTOCOL_TEXT,
-             "environment": common.environment(), "cells": {},
-             "comparisons": []}
+  return {"dataset": task.name, "metric": task.metric, "mode": preset,
+          "num_train": task.num_train,
+          "num_params": int(sum(x.size for x in jax.tree.leaves(params0))),
+          "model": ("NCF" if task.name == "movielens" else
+                    "BatchNorm ResNet" if task.name.endswith("_cnn") else
+                    f"MLP {list(cfg['hidden'])}"),
+          "dataset_source": DATA_SOURCES.get(task.name, task.name),
+          "seeds": seeds, "studies": studies,
+          "schedule": args.schedule, "warmup_fraction": 0.05,
+          "max_extensions": args.max_extensions,
+          "epochs": cfg["epochs"], "protocol": protocol.PROTOCOL_TEXT,
+          "environment": common.environment(), "cells": {},
+          "comparisons": []}
+
+
+def _run_cells(task: Task, cfg: dict[str, Any], args, seeds, studies,
+               results: dict[str, Any]) -> float:
+  """Every batch size's cell under the protocol, filed in ``results``;
+  returns the programs' seconds."""
   configs = len(protocol.log_grid(1e-3, 1e-2, 6)) * 3
   progress = protocol.Progress(len(cfg["optimizers"]) * configs * len(seeds)
-                               * len(cfg["batch_sizes"]),
-                               lambda line: print(line, flush=True))
+                               * len(cfg["batch_sizes"]))
   print(f"{len(cfg['optimizers'])} methods x {configs} configurations x "
         f"{len(seeds)} seeds at each of batch sizes {cfg['batch_sizes']}; "
         f"{len(studies)} studies", flush=True)
@@ -653,19 +674,20 @@ def main(argv=None):
     results["comparisons"] += comps
     seconds += secs
     print(f"  {secs:.0f} s", flush=True)
-  results["compute_seconds"] = seconds
-  results["wall_seconds"] = time.perf_counter() - t0
-  results.update(common.provenance_of_code())
-  name = f"generalization_{task.name}{tag}"
+  progress.close()
+  return seconds
+
+
+def _write(results: dict[str, Any], name: str, metric: str, out_dir) -> None:
+  """The JSON, its table and its figures."""
   path = common.write_json(name, results, out_dir)
   from benchmarks import tables
-  table = tables.generalization_table(results, task.metric)
+  table = tables.generalization_table(results, metric)
   (out_dir / f"{name}.md").write_text(table + "\n")
   pngs = tables.generalization_plots(results, str(out_dir / name))
   print(table)
   print(f"\nwrote {path}, {out_dir / (name + '.md')}, {', '.join(pngs)} "
         f"in {results['wall_seconds']:.0f} s")
-  return results
 
 
 DATA_SOURCES = {

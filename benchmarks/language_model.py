@@ -302,7 +302,7 @@ def run(cfg: dict[str, Any], corpus: data.Corpus, log=print,
                                   cfg.get("seeds_per_study", 2))
   batches = []
   progress = protocol.Progress(len(grids) * len(cfg["lrs"]) * 3 * len(seeds)
-                               * len(cfg["batch_sizes"]), log)
+                               * len(cfg["batch_sizes"]))
   for batch in cfg["batch_sizes"]:
     study = Study(corpus, cfg, batch, progress)
     log(f"batch {batch}: {study.steps} steps, {study.num_params} params")

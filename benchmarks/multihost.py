@@ -70,35 +70,14 @@ def run(args) -> None:
   jax = _setup(args)
   import numpy as np
   import optax
-  from jax.experimental import multihost_utils
-  from jax.sharding import Mesh, NamedSharding
-  from jax.sharding import PartitionSpec as P
+  from jax.sharding import Mesh
 
   import lawn_optax as lo
 
-  devices = np.array(jax.devices()).reshape(2, -1)
-  mesh = Mesh(devices, ("data", "fsdp"))
+  mesh = Mesh(np.array(jax.devices()).reshape(2, -1), ("data", "fsdp"))
   from benchmarks import models
   model = models.MLP(SIZES[1:-1], SIZES[-1])  # a Flax linen MLP
-  rng = np.random.default_rng(0)
-  x_host = rng.normal(size=(BATCH, SIZES[0])).astype(np.float32)
-  y_host = rng.integers(0, SIZES[-1], BATCH).astype(np.int32)
-  host = jax.tree.map(np.asarray, model.init(jax.random.key(0),
-                                             x_host[:2])["params"])
-
-  def spec(path, leaf):
-    return P(None, "fsdp") if leaf.ndim == 2 else P()
-
-  shardings = jax.tree_util.tree_map_with_path(
-      lambda p, v: NamedSharding(mesh, spec(p, v)), host)
-  params = jax.tree.map(
-      lambda v, s: jax.make_array_from_callback(v.shape, s, lambda i: v[i]),
-      host, shardings)
-  batch_sharding = NamedSharding(mesh, P("data"))
-  x = jax.make_array_from_callback(x_host.shape, batch_sharding,
-                                   lambda i: x_host[i])
-  y = jax.make_array_from_callback(y_host.shape, batch_sharding,
-                                   lambda i: y_host[i])
+  host, params, x, y, x_bad = _sharded_inputs(jax, mesh, model)
   mask = lo.masks.kernels(host)
   if args.bad_mask_on_last and jax.process_index() == args.num_processes - 1:
     mask = {k: v for k, v in mask.items() if k != "Dense_2"}  # a host's bug
@@ -107,11 +86,6 @@ def run(args) -> None:
   if args.nan_at is not None:
     tx = optax.apply_if_finite(tx, max_consecutive_errors=3)
   state = jax.jit(tx.init)(params)
-  # The last process's half of the batch is NaN at step --nan-at.
-  bad_host = x_host.copy()
-  bad_host[BATCH // 2:] = np.nan
-  x_bad = jax.make_array_from_callback(x_host.shape, batch_sharding,
-                                       lambda i: bad_host[i])
 
   def loss(p, x, y):
     logits = model.apply({"params": p}, x)
@@ -129,24 +103,8 @@ def run(args) -> None:
   hlo = step.lower(params, state, grad(params, x, y)).compile().as_text()
   if jax.process_index() == 0:
     (out / "hlo.txt").write_text(hlo)
-  start = 0
-  checkpointer = None
-  if args.ckpt_dir:
-    import orbax.checkpoint as ocp
-    checkpointer = ocp.StandardCheckpointer()
-    ckpt = Path(args.ckpt_dir).resolve()
-    saved = sorted(int(d.name) for d in ckpt.glob("[0-9]*")) if (
-        ckpt.exists()) else []
-    if args.resume and saved:
-      start = saved[-1]
-      # Restore into *this* run's shardings (another process count reshards).
-      replicated = NamedSharding(mesh, P())
-      target = jax.tree.map(
-          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=(
-              a.sharding if isinstance(a.sharding, NamedSharding)
-              else replicated)), {"params": params, "state": state})
-      restored = checkpointer.restore(ckpt / str(start), target)
-      params, state = restored["params"], restored["state"]
+  checkpointer, start, params, state = _checkpointer(args, jax, mesh, params,
+                                                     state)
   for t in range(start, args.steps):
     batch = x_bad if t == args.nan_at else x
     params, state = step(params, state, grad(params, batch, y))
@@ -157,6 +115,73 @@ def run(args) -> None:
     if args.kill_at == t + 1 and jax.process_index() == args.num_processes - 1:
       import signal
       os.kill(os.getpid(), signal.SIGKILL)  # a host dies mid-run
+  _save_result(jax, params, state, out)
+  print(f"process {jax.process_index()}/{jax.process_count()}: "
+        f"{jax.device_count()} devices, {args.steps} steps of {args.method}, "
+        f"loss {float(loss(params, x, y)):.6f}", flush=True)
+
+
+def _sharded_inputs(jax, mesh, model):
+  """The host's params, and the params, batch and NaN batch (the last
+  process's half is NaN) as global arrays: kernels sharded over ``fsdp``,
+  the batch over ``data``."""
+  import numpy as np
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  rng = np.random.default_rng(0)
+  x_host = rng.normal(size=(BATCH, SIZES[0])).astype(np.float32)
+  y_host = rng.integers(0, SIZES[-1], BATCH).astype(np.int32)
+  host = jax.tree.map(np.asarray, model.init(jax.random.key(0),
+                                             x_host[:2])["params"])
+
+  def spec(path, leaf):
+    return P(None, "fsdp") if leaf.ndim == 2 else P()
+
+  shardings = jax.tree_util.tree_map_with_path(
+      lambda p, v: NamedSharding(mesh, spec(p, v)), host)
+  params = jax.tree.map(
+      lambda v, s: jax.make_array_from_callback(v.shape, s, lambda i: v[i]),
+      host, shardings)
+  batch_sharding = NamedSharding(mesh, P("data"))
+  bad_host = x_host.copy()
+  bad_host[BATCH // 2:] = np.nan
+  x, y, x_bad = (jax.make_array_from_callback(
+      a.shape, batch_sharding, lambda i, a=a: a[i])
+                 for a in (x_host, y_host, bad_host))
+  return host, params, x, y, x_bad
+
+
+def _checkpointer(args, jax, mesh, params, state):
+  """orbax's checkpointer when ``--ckpt-dir`` is given, and, with
+  ``--resume``, the step, params and state of its last checkpoint restored
+  into this run's shardings (another process count reshards)."""
+  if not args.ckpt_dir:
+    return None, 0, params, state
+  import orbax.checkpoint as ocp
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+  checkpointer = ocp.StandardCheckpointer()
+  ckpt = Path(args.ckpt_dir).resolve()
+  saved = sorted(int(d.name) for d in ckpt.glob("[0-9]*")) if (
+      ckpt.exists()) else []
+  if not (args.resume and saved):
+    return checkpointer, 0, params, state
+  replicated = NamedSharding(mesh, P())
+  target = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=(
+          a.sharding if isinstance(a.sharding, NamedSharding)
+          else replicated)), {"params": params, "state": state})
+  restored = checkpointer.restore(ckpt / str(saved[-1]), target)
+  return checkpointer, saved[-1], restored["params"], restored["state"]
+
+
+def _save_result(jax, params, state, out: Path) -> None:
+  """This process's gathered params and frozen norms, as NumPy."""
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  import lawn_optax as lo
   gathered = multihost_utils.process_allgather(params, tiled=True)
   frozen = lo.frozen_norms(state)
   frozen_host = {} if frozen is None else {
@@ -169,9 +194,6 @@ def run(args) -> None:
           for k, v in jax.tree_util.tree_flatten_with_path(gathered)[0]}
   flat.update({"frozen/" + k: v for k, v in frozen_host.items()})
   np.savez(out / f"result_{jax.process_index()}.npz", **flat)
-  print(f"process {jax.process_index()}/{jax.process_count()}: "
-        f"{jax.device_count()} devices, {args.steps} steps of {args.method}, "
-        f"loss {float(loss(params, x, y)):.6f}", flush=True)
 
 
 def agree_on_mask(mask, params) -> None:

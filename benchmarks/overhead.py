@@ -9,14 +9,11 @@ and (b) a full train step (forward, backward, update, apply) for the base
 optimizer and every variant:
 
   lawn-tensor / lawn-unit      LAWN (``free_steps=1``), constrained phase: the
-                               base update recomputed inside the gate for the
-                               norm (``constrain_norms_after``), per tensor /
+                               chain ``named_chain(base, constrain_norms)``,
+                               the update stored and read twice, per tensor /
                                per output unit
   lawn-free                    the free phase (before ``free_steps``)
-  lawn-stored / -stored-free   the same with the update stored instead
-                               (``named_chain(base, constrain_norms)``, the
-                               previous default), both phases
-  lawn-static0                 ``free_steps=0``: no gate, update stored
+  lawn-static0                 ``free_steps=0``: no gate
   lawn-lazy / lawn-lazy-free   the one-pass lazy retraction, both phases
   lawn-tangent                 exact + tangent projection, constrained phase
   fixnorm / wrs / wrs-between  FixNorm; WRS on an active step (period 1, no
@@ -61,6 +58,7 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -80,16 +78,12 @@ NEVER = 10**9  # free_steps that are never reached: the free phase
 
 def _variants(mask):
   lawn = lambda base, **kw: lo.lawn(base, mask=mask, **kw)
-  stored = lambda base, start: optax.named_chain(
-      ("base", base), ("lawn", lo.constrain_norms(mask, start_step=start)))
   # Timed from the state after one update, so free_steps=1 is constrained.
   return {
       "base": lambda base: base,
       "lawn-tensor": lambda base: lawn(base, free_steps=1),
       "lawn-unit": lambda base: lawn(base, free_steps=1, granularity="unit"),
       "lawn-free": lambda base: lawn(base, free_steps=NEVER),
-      "lawn-stored": lambda base: stored(base, 1),
-      "lawn-stored-free": lambda base: stored(base, NEVER),
       "lawn-static0": lambda base: lawn(base, free_steps=0),
       "lawn-lazy": lambda base: lawn(base, free_steps=1, retraction="lazy"),
       "lawn-lazy-free": lambda base: lawn(base, free_steps=NEVER,
@@ -316,80 +310,96 @@ def time_cell(kind: str, width: int, base: str, batch: int, repeats: int,
   n_masked = int(sum(x.size for x, f in zip(jax.tree.leaves(params),
                                             jax.tree.leaves(mask)) if f))
   grads = jax.grad(loss)(params)
-  compiled, inputs, nbytes, temps, extra = {}, {}, {}, {}, {}
   variants = _people_variants(masks) if people else _variants(mask)
   if only:
     variants = {n: v for n, v in variants.items() if n in only}
   whats = tuple(what)
-  base_state_bytes = None
-  for name, make in variants.items():
-    tx = make(BASES[base]())
-    state = tx.init(params)
-    # One step: LAWN's norms are captured (free_steps=0), WRS period 2 is
-    # then between periods.
-    _, state = jax.jit(tx.update)(grads, state, params)
-    size = int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
-    base_state_bytes = size if name == "base" else base_state_bytes
-    extra[name] = size - base_state_bytes
-    programs = _programs(tx, loss)
-    compiled[name], nbytes[name], temps[name], inputs[name] = {}, {}, {}, {}
-    for w in whats:
-      args = (params, state, grads) if w == "update" else (params, state)
-      f = jax.jit(programs[w], donate_argnums=(0, 1)).lower(*args).compile()
-      compiled[name][w], nbytes[name][w] = f, _bytes(f)
-      temps[name][w] = _temp_bytes(f)
-      inputs[name][w] = (_copy(params), _copy(state))
-
-  def call(name, what, n=1):
-    # n calls back to back, blocking once: on an accelerator the dispatch of
-    # call i+1 overlaps call i, so a repeat times the device, not Python.
-    out = inputs[name][what]
-    for _ in range(n):
-      p, s = out
-      if what == "update":
-        out = compiled[name][what](p, s, grads)
-      else:
-        out = compiled[name][what](p, s)
-    inputs[name][what] = jax.block_until_ready(out)
-
-  for name in variants:  # warm-up
-    for what in whats:
-      for _ in range(2):
-        call(name, what)
-  times: dict = {n: {w: [] for w in whats} for n in variants}
-  faults: dict = {n: {w: 0 for w in whats} for n in variants}
-  for _ in range(repeats):
-    for name in variants:  # interleaved
-      for what in whats:
-        f0 = _minor_faults()
-        t0 = time.perf_counter()
-        call(name, what, inner)
-        times[name][what].append((time.perf_counter() - t0) / inner)
-        faults[name][what] += (_minor_faults() - f0) / inner
-
+  cells = _compile(variants, BASES[base], params, grads, loss, whats)
+  times, faults = _time_interleaved(cells, grads, whats, repeats, inner)
   rows: dict = {}
-  for name in variants:
+  for name, cell in cells.items():
     rows[name] = {}
-    for what in whats:
-      t = np.asarray(times[name][what])
-      base_med = float(np.median(times["base"][what]))
+    for w in whats:
+      t = np.asarray(times[name][w])
       med = float(np.median(t))
       q1, q3 = np.percentile(t, [25, 75])
-      ratio = med / base_med
-      rows[name][what] = {
+      ratio = med / float(np.median(times["base"][w]))
+      rows[name][w] = {
           "times_s": t.tolist(), "median_s": med,
           "iqr_s": [float(q1), float(q3)], "ratio": ratio,
-          "bytes": nbytes[name][what],
-          "bytes_ratio": nbytes[name][what] / nbytes["base"][what],
-          "temp_bytes": temps[name][what],
-          "minor_faults_per_call": faults[name][what] / repeats,
+          "bytes": cell["bytes"][w],
+          "bytes_ratio": cell["bytes"][w] / cells["base"]["bytes"][w],
+          "temp_bytes": cell["temp_bytes"][w],
+          "minor_faults_per_call": faults[name][w] / repeats,
           "noise": bool(name != "base" and ratio < 0.98),
       }
   return {"model": kind, "width": width, "params": n_params,
           "programs": list(whats),
           "constrained_params": n_masked, "optimizer": base, "batch": batch,
           "repeats": repeats, "calls_per_repeat": inner, "variants": rows,
-          "extra_state_bytes": extra}
+          "extra_state_bytes": {n: c["extra_state_bytes"]
+                                for n, c in cells.items()}}
+
+
+def _compile(variants, make_base, params, grads, loss, whats
+             ) -> dict[str, dict[str, Any]]:
+  """Per variant: its programs compiled with donated buffers, their bytes,
+  the inputs each is called on, and its state's bytes beyond the base's."""
+  cells: dict[str, dict[str, Any]] = {}
+  base_state_bytes = None
+  for name, make in variants.items():
+    tx = make(make_base())
+    state = tx.init(params)
+    # One step: LAWN's norms are captured (free_steps=0), WRS period 2 is
+    # then between periods.
+    _, state = jax.jit(tx.update)(grads, state, params)
+    size = int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
+    base_state_bytes = size if name == "base" else base_state_bytes
+    programs = _programs(tx, loss)
+    cell: dict[str, Any] = {"extra_state_bytes": size - base_state_bytes,
+                            "compiled": {}, "bytes": {}, "temp_bytes": {},
+                            "inputs": {}}
+    for w in whats:
+      args = (params, state, grads) if w == "update" else (params, state)
+      f = jax.jit(programs[w], donate_argnums=(0, 1)).lower(*args).compile()
+      cell["compiled"][w], cell["bytes"][w] = f, _bytes(f)
+      cell["temp_bytes"][w] = _temp_bytes(f)
+      cell["inputs"][w] = (_copy(params), _copy(state))
+    cells[name] = cell
+  return cells
+
+
+def _time_interleaved(cells, grads, whats, repeats: int, inner: int):
+  """Seconds per call (and minor page faults) of every program, the
+  variants interleaved within each repeat, after two warm-up calls."""
+
+  def call(cell, what, n=1):
+    # n calls back to back, blocking once: on an accelerator the dispatch of
+    # call i+1 overlaps call i, so a repeat times the device, not Python.
+    out = cell["inputs"][what]
+    for _ in range(n):
+      p, s = out
+      if what == "update":
+        out = cell["compiled"][what](p, s, grads)
+      else:
+        out = cell["compiled"][what](p, s)
+    cell["inputs"][what] = jax.block_until_ready(out)
+
+  for cell in cells.values():  # warm-up
+    for what in whats:
+      for _ in range(2):
+        call(cell, what)
+  times: dict = {n: {w: [] for w in whats} for n in cells}
+  faults: dict = {n: {w: 0 for w in whats} for n in cells}
+  for _ in range(repeats):
+    for name, cell in cells.items():  # interleaved
+      for what in whats:
+        f0 = _minor_faults()
+        t0 = time.perf_counter()
+        call(cell, what, inner)
+        times[name][what].append((time.perf_counter() - t0) / inner)
+        faults[name][what] += (_minor_faults() - f0) / inner
+  return times, faults
 
 
 def table(cells) -> str:

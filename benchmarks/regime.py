@@ -18,8 +18,9 @@ the JSON): ``DEFAULT_KNOBS``. A length in steps is rounded to whole epochs
 ``python -m benchmarks.regime --batch-sizes 2048 --steps 1600`` runs one
 cell; the JSON is written after every cell (``"complete": false`` until the
 last), so a map can be built by several commands, each under 40 minutes on
-2 cores, with ``--tag``. ``--tiny``: the same code on scikit-learn's digits
-at toy sizes (CI).
+2 cores, with ``--tag``. ``--preset fashion``: the same question on a second
+task (Fashion-MNIST, 2,048 training images, batch 512, 400 steps).
+``--tiny``: the same code on scikit-learn's digits at toy sizes (CI).
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks import common, generalization, protocol
+from benchmarks import common, generalization, protocol, tables
 
 # Each method's second axis, fixed for the map: the optimizer's documented
 # default where it has one (Adam's b2), else the middle of the tables' grid
@@ -44,6 +43,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                     optimizers=["adam", "adamw", "lawn-adam", "lawn-adamw",
                                 "lawn-adam-auto"],
                     batch_sizes=[64, 512, 2048], steps=[100, 400, 1600],
+                    seeds=generalization.SEEDS, studies=4),
+    # The second task: 2,048 Fashion-MNIST training images (validation and
+    # test in full), one hidden layer, batch 512 (a quarter of the set, as
+    # MNIST-1D's 2048 of 8,000). In 400 steps Adam's larger learning rates
+    # reach train loss 0.01-0.03, but validation is flat over the grid and
+    # the studies select smaller ones (selected: 0.11, not in the regime).
+    "fashion": dict(dataset="fashion_mnist", hidden=(128,), max_train=2048,
+                    optimizers=["adam", "adamw", "lawn-adam"],
+                    batch_sizes=[512], steps=[400],
                     seeds=generalization.SEEDS, studies=4),
     "tiny": dict(dataset="digits", hidden=(32,),
                  optimizers=["adam", "lawn-adam"], batch_sizes=[64, 512],
@@ -74,18 +82,15 @@ def run_cell(task: generalization.Task, cfg: dict[str, Any], batch: int,
           "methods": cells, "comparisons": comps, "seconds": secs}
 
 
-def base_train_loss(cell: dict[str, Any]) -> float:
-  """The selected Adam configuration's final train loss, seed-averaged."""
-  return float(np.mean(cell["methods"]["adam"]["final_train_loss"]))
-
-
 def summary(cell: dict[str, Any]) -> str:
-  """One line per cell: its length, Adam's train loss, LAWN's verdicts."""
+  """One line per cell: its length, Adam's train loss, LAWN's verdicts (in
+  points of the metric)."""
   head = (f"B={cell['batch_size']}, {cell['steps']} steps "
           f"({cell['epochs']} epochs): adam train loss "
-          f"{base_train_loss(cell):.3g}")
-  parts = [f"{c['a']} - {c['b']} {c['mean']:+.2f} [{c['low']:+.2f}, "
-           f"{c['high']:+.2f}] {c['verdict']}" for c in cell["comparisons"]]
+          f"{tables.regime_loss(cell):.3g}")
+  parts = [f"{c['a']} - {c['b']} {100 * c['mean']:+.2f} "
+           f"[{100 * c['low']:+.2f}, {100 * c['high']:+.2f}] points "
+           f"{c['verdict']}" for c in cell["comparisons"]]
   return "; ".join([head] + parts)
 
 
@@ -105,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   for key in ("batch_sizes", "steps", "optimizers"):
     if getattr(args, key):
       cfg[key] = getattr(args, key)
-  task = generalization.make_task(cfg["dataset"], cfg["hidden"])
+  task = generalization.make_task(cfg["dataset"], cfg["hidden"],
+                                  cfg.get("max_train"))
   results: dict[str, Any] = {
       "dataset": task.name, "metric": task.metric, "mode": preset,
       "num_train": task.num_train, "model": f"MLP {list(cfg['hidden'])}",

@@ -479,7 +479,7 @@ def regime_cells(files: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def regime_loss(cell: dict[str, Any]) -> float:
   """A regime cell's selected Adam configuration's final train loss,
-  seed-averaged (the same figure as ``benchmarks.regime.base_train_loss``)."""
+  seed-averaged: the regime a cell is in."""
   return float(np.mean(cell["methods"]["adam"]["final_train_loss"]))
 
 

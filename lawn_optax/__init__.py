@@ -13,8 +13,6 @@ from lawn_optax.curvature import (
     HutchinsonState,
     SecantState,
     cblr,
-    grad_weight_ratio_estimator,
-    hutchinson_estimator,
     lars,
     mclr,
     paper_lars,
@@ -22,7 +20,6 @@ from lawn_optax.curvature import (
     scale_by_grad_weight_ratio,
     scale_by_hutchinson_curvature,
     scale_by_secant_curvature,
-    secant_estimator,
 )
 from lawn_optax.diagnostics import (
     NormReport,
@@ -74,8 +71,6 @@ __all__ = [
     "fixnorm_search",
     "frozen_at",
     "frozen_norms",
-    "grad_weight_ratio_estimator",
-    "hutchinson_estimator",
     "lars",
     "lawn",
     "lawn_adam",
@@ -94,7 +89,6 @@ __all__ = [
     "scale_by_grad_weight_ratio",
     "scale_by_hutchinson_curvature",
     "scale_by_secant_curvature",
-    "secant_estimator",
     "small_loss_mean",
     "small_loss_weights",
     "weight_norms",

@@ -11,8 +11,7 @@ and the two seams a new method plugs into:
   the update passes through and :func:`project` rescales the weights after
   ``optax.apply_updates``, by the norm of the new weights.
 
-Every path (the stored chain, the lazy pass, the recomputed update of
-:mod:`lawn_optax._recompute`, the projection) computes ``k`` through
+Every path (the exact and the lazy chain, the projection) computes ``k`` through
 :meth:`Constraint.scale` and the norm through :meth:`Constraint.norm`,
 nowhere else.
 """

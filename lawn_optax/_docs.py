@@ -26,6 +26,15 @@ here too, with the same default and meaning (``free_steps``, ``mask``,
 ``granularity``, ``tangent_projection``, ``unit_axis``, ``norm_eps``,
 ``retraction``), forwarded as it is; the base optimizer's own arguments
 are listed below.""",
+    "curvature-scale": """\
+The scale of layer ``l`` is ``trust_coefficient / c_l``. Guards: a zero,
+negative, NaN or infinite estimate (zero weights, no step yet) gives
+scale 1; scales are clipped to ``[min_scale, max_scale]``.
+``reduction="median"`` replaces a ratio of norms by the median of the
+element-wise values within the layer (MCLR's within-layer median);
+``relative_to="median"`` divides every ``c_l`` by the median over layers,
+so a layer of median curvature gets scale ``trust_coefficient`` (MCLR's
+across-layer normalisation).""",
 }
 
 

@@ -80,19 +80,6 @@ def gate(pred: jax.Array | None, act: Any, skip: Any, operands: Any) -> Any:
   return branch(pred, act, skip, operands)
 
 
-def rescaled_when(active_: jax.Array, w: jax.Array, u: jax.Array,
-                  k: jax.Array) -> jax.Array:
-  """``k u + (k - 1) w`` when ``active_``, else ``u`` bit for bit:
-  ``1 * u + (-0.0)`` is ``u`` for every float, signed zero and infinities
-  included; a NaN stays a NaN (XLA:GPU returns its own NaN payload).
-  ``u`` is read once, so XLA fuses its producer here (a ``where`` between
-  two expressions of ``u`` would make XLA write ``u`` to a buffer)."""
-  dtype = compute_dtype(u)
-  w_, u_, k = w.astype(dtype), u.astype(dtype), k.astype(dtype)
-  shift = jnp.where(active_, (k - 1.0) * w_, -0.0)
-  return (jnp.where(active_, k, 1.0) * u_ + shift).astype(u.dtype)
-
-
 def order_token(values: list) -> jax.Array:
   """Always True, but computed from ``values``: passing an array through
   :func:`after` with it orders whatever writes that array after the

@@ -1,9 +1,12 @@
 """CBLR / MCLR: per-layer learning rates from curvature estimates (LARS is one).
 
 Each layer (params leaf) ``l`` gets the update scale
-``trust_coefficient / c_l`` from a curvature estimate ``c_l``; with the
-``"grad_weight_ratio"`` estimator ``c_l = (||g_l|| + β||w_l||) / ||w_l||`` this
-is exactly LARS's local learning rate, the "special case" of the CBLR paper.
+``trust_coefficient / c_l`` from a curvature estimate ``c_l``, one optax
+transform per estimator (:func:`scale_by_grad_weight_ratio`,
+:func:`scale_by_secant_curvature`, :func:`scale_by_hutchinson_curvature`;
+:func:`scale_by_curvature_lr` for a :class:`CurvatureEstimator` of your
+own). With ``c_l = (||g_l|| + β||w_l||) / ||w_l||`` (the first) this is
+exactly LARS's local learning rate, the "special case" of the CBLR paper.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lawn_optax import _gating, _tree
+from lawn_optax import _docs, _gating, _tree
 from lawn_optax.numerics import leaf_norm, safe_div
 
 REDUCTIONS = ("norm", "median")
@@ -35,7 +38,7 @@ class CurvatureLRState(NamedTuple):
 
   Example:
     >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> tx = lo.scale_by_curvature_lr("secant")
+    >>> tx = lo.scale_by_secant_curvature()
     >>> p = {'w': jnp.ones(3)}
     >>> _, s = tx.update({'w': jnp.ones(3)}, tx.init(p), p)
     >>> int(s.count), bool(jnp.isnan(s.curvature['w']))  # no step yet to difference
@@ -47,32 +50,42 @@ class CurvatureLRState(NamedTuple):
 
 
 class CurvatureEstimator(NamedTuple):
-  """A per-layer curvature estimate, as a small transform of its own.
+  """The protocol of a per-layer curvature estimate ``c_l``, for
+  :func:`scale_by_curvature_lr`.
 
-  ``init(params, sel) -> state``; ``estimate(grads, state, params, sel,
-  count, **extra_args) -> (raw, state)`` where ``raw`` is one float32
-  ``[]`` per leaf of ``sel`` (``MaskedNode`` where ``sel`` does not scale;
-  NaN where there is no estimate this step: the previous one is kept).
-  ``sel`` is the :class:`lawn_optax._tree.Selection` of scaled leaves.
-  :func:`scale_by_curvature_lr` smooths (when ``smoothed``), clips and
-  scales; ``weight_decay`` (LARS's β) is added to the update as ``β w``.
+  ``init(params) -> state``; ``estimate(grads, state, params, count,
+  **extra_args) -> (curvature, state)``, where ``curvature`` has the
+  structure of ``params`` with one float32 ``[]`` per leaf (NaN where there
+  is no estimate this step: the previous one is kept) and ``extra_args``
+  are those ``update`` received. Every leaf is passed, those the ``mask``
+  leaves out too (give them any scalar: an estimator must not fail on an
+  empty or integer leaf); the transform reads the leaves its ``mask``
+  selects (under ``jit`` XLA drops the rest).
+  ``smoothed``: EMA the estimates (``ema_decay``); ``weight_decay`` (LARS's
+  β) is added to the update as ``β w``.
 
   Example:
-    >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> est = lo.secant_estimator()
-    >>> tx = lo.scale_by_curvature_lr(est)
-    >>> type(tx.init({'w': jnp.ones(2)}).estimator).__name__
-    'SecantState'
+    >>> import jax, jax.numpy as jnp, optax, lawn_optax as lo
+    >>> grad_norm = lo.CurvatureEstimator(       # c_l = ||g_l||
+    ...     init=lambda params: optax.EmptyState(),
+    ...     estimate=lambda g, state, params, count, **extra: (
+    ...         jax.tree.map(jnp.linalg.norm, g), state))
+    >>> tx = lo.scale_by_curvature_lr(grad_norm)
+    >>> p = {'w': jnp.ones(2)}
+    >>> tx.update({'w': jnp.array([0.0, 2.0])}, tx.init(p), p)[0]['w'].tolist()
+    [0.0, 1.0]
   """
-  name: str
-  init: Callable[..., Any]
-  estimate: Callable[..., tuple[list, Any]]
+  init: Callable[[Any], Any]
+  estimate: Callable[..., tuple[Any, Any]]
   smoothed: bool = True
   weight_decay: Any = 0.0
 
 
 def _median(x):
-  # NaN marks entries without an estimate (w_i == 0, Δw_i == 0).
+  # NaN marks entries without an estimate (w_i == 0, Δw_i == 0); an empty
+  # leaf (one the mask leaves out, say) has none at all.
+  if x.size == 0:
+    return jnp.full([], jnp.nan, jnp.float32)
   return jnp.nanmedian(x.ravel())
 
 
@@ -90,30 +103,18 @@ def _check_reduction(reduction: str) -> None:
                      f"{reduction!r}.")
 
 
-def grad_weight_ratio_estimator(reduction: Reduction = "norm",
-                                weight_decay: Any = 0.0
-                                ) -> CurvatureEstimator:
-  """``c_l = (||g|| + β||w||) / ||w||``: the LARS limit (no state, no
-  smoothing); β (``weight_decay``) is also added to the update, as in LARS.
-
-  Example:
-    >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> tx = lo.scale_by_curvature_lr(lo.grad_weight_ratio_estimator())
-    >>> p, g = {'w': jnp.array([3.0, 4.0])}, {'w': jnp.array([0.0, 0.5])}
-    >>> tx.update(g, tx.init(p), p)[0]['w'].tolist()
-    [0.0, 5.0]
-  """
+def _grad_weight_ratio(reduction: Reduction,
+                       weight_decay: Any) -> CurvatureEstimator:
+  """``(||g|| + β||w||) / ||w||`` per layer: no state, no smoothing."""
   _check_reduction(reduction)
 
-  def estimate(g_tree, state, w_tree, sel, count, **extra_args):
+  def estimate(grads, state, params, count, **extra_args):
     del count, extra_args
-    g, w = sel.flatten(g_tree), sel.flatten(w_tree)
     # LARS: (||g|| + β||w||) / ||w|| = ||g||/||w|| + β.
-    return sel.map(lambda gi, wi: _layer_estimate(gi, wi, reduction)
-                   + weight_decay, g, w), state
+    return jax.tree.map(lambda g, w: _layer_estimate(g, w, reduction)
+                        + weight_decay, grads, params), state
 
-  return CurvatureEstimator("grad_weight_ratio",
-                            lambda params, sel: optax.EmptyState(), estimate,
+  return CurvatureEstimator(lambda params: optax.EmptyState(), estimate,
                             smoothed=False, weight_decay=weight_decay)
 
 
@@ -130,35 +131,22 @@ class SecantState(NamedTuple):
   prev_params: Any
 
 
-def secant_estimator(reduction: Reduction = "norm") -> CurvatureEstimator:
-  """``||g_t - g_{t-1}|| / ||w_t - w_{t-1}||`` per layer: a finite-difference
-  curvature along the last step (parameter-sized state; NaN on the first
-  step, which has no difference).
-
-  Example:
-    >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> tx = lo.scale_by_curvature_lr(lo.secant_estimator())
-    >>> p = {'w': jnp.array([3.0, 4.0])}
-    >>> u, s = tx.update({'w': jnp.ones(2)}, tx.init(p), p)  # no step yet
-    >>> u['w'].tolist()
-    [1.0, 1.0]
-  """
+def _secant(reduction: Reduction) -> CurvatureEstimator:
+  """``||g_t - g_{t-1}|| / ||w_t - w_{t-1}||`` per layer (NaN on the first
+  step, which has no difference)."""
   _check_reduction(reduction)
 
-  def init(params, sel):
+  def init(params):
     return SecantState(optax.tree.zeros_like(params), params)
 
-  def estimate(g_tree, state, w_tree, sel, count, **extra_args):
+  def estimate(grads, state, params, count, **extra_args):
     del extra_args
-    g, w = sel.flatten(g_tree), sel.flatten(w_tree)
-    pg = sel.flatten(state.prev_grads)
-    pw = sel.flatten(state.prev_params)
-    raw = sel.map(lambda gi, pgi, wi, pwi: jnp.where(
-        count == 0, jnp.nan, _layer_estimate(gi - pgi, wi - pwi, reduction)),
-                  g, pg, w, pw)
-    return raw, SecantState(g_tree, w_tree)
+    raw = jax.tree.map(lambda g, pg, w, pw: jnp.where(
+        count == 0, jnp.nan, _layer_estimate(g - pg, w - pw, reduction)),
+                       grads, state.prev_grads, params, state.prev_params)
+    return raw, SecantState(grads, params)
 
-  return CurvatureEstimator("secant", init, estimate)
+  return CurvatureEstimator(init, estimate)
 
 
 class HutchinsonState(NamedTuple):
@@ -172,29 +160,18 @@ class HutchinsonState(NamedTuple):
   key: Any
 
 
-def hutchinson_estimator(reduction: Reduction = "norm", every: int = 10,
-                         seed: int = 0) -> CurvatureEstimator:
-  """``mean |v ⊙ Hv|`` (or its median) with Rademacher ``v``: the
-  Hutchinson estimate of the Hessian diagonal, every ``every`` steps (NaN
-  between: the smoothed estimate is kept). ``update`` needs the extra
-  argument ``obj_fn`` (params -> loss), as in ``optax.contrib.sophia``.
-
-  Example:
-    >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> tx = lo.scale_by_curvature_lr(lo.hutchinson_estimator(),
-    ...                               trust_coefficient=2.0)
-    >>> p = {'w': jnp.array([3.0, 4.0])}
-    >>> loss = lambda q: jnp.sum(q['w'] ** 2)   # Hessian 2 I: scale 2 / 2
-    >>> tx.update({'w': jnp.ones(2)}, tx.init(p), p, obj_fn=loss)[0]['w'].tolist()
-    [1.0, 1.0]
-  """
+def _hutchinson(reduction: Reduction, every: int,
+                seed: int) -> CurvatureEstimator:
+  """``mean |v ⊙ Hv|`` (or its median) per layer with Rademacher ``v``,
+  every ``every`` steps (NaN between); needs the extra argument
+  ``obj_fn``."""
   _check_reduction(reduction)
-  _tree.check_step(every, "hutchinson_every", minimum=1)
+  _tree.check_step(every, "every", minimum=1)
 
-  def estimate(g, state, params, sel, count, obj_fn=None, **extra_args):
-    del g, extra_args
+  def estimate(grads, state, params, count, obj_fn=None, **extra_args):
+    del grads, extra_args
     if obj_fn is None:
-      raise ValueError("estimator='hutchinson' needs update(..., "
+      raise ValueError("scale_by_hutchinson_curvature needs update(..., "
                        "obj_fn=params -> loss).")
     key, sub = jax.random.split(state.key)
 
@@ -205,134 +182,83 @@ def hutchinson_estimator(reduction: Reduction = "norm", every: int = 10,
           jax.random.rademacher(k, x.shape, x.dtype)
           for k, x in zip(keys, leaves)])
       hv = jax.jvp(jax.grad(obj_fn), (params,), (v,))[1]
-      d = sel.flatten(jax.tree.map(lambda a, b: a * b, v, hv))
-      return sel.map(lambda di: (_median(jnp.abs(di.astype(jnp.float32)))
-                                 if reduction == "median" else
-                                 jnp.mean(jnp.abs(di.astype(jnp.float32)))),
-                     d)
+      reduce = _median if reduction == "median" else jnp.mean
+      return jax.tree.map(
+          lambda vi, hvi: reduce(jnp.abs((vi * hvi).astype(jnp.float32))),
+          v, hv)
 
-    nans = lambda: sel.map(lambda _: jnp.full([], jnp.nan, jnp.float32),
-                           sel.flags)
+    nans = lambda: jax.tree.map(
+        lambda _: jnp.full([], jnp.nan, jnp.float32), params)
     raw = _gating.cond(count % every == 0, hvp_diagonal, nans)
     return raw, HutchinsonState(key)
 
   return CurvatureEstimator(
-      "hutchinson", lambda params, sel: HutchinsonState(
-          jax.random.PRNGKey(seed)), estimate)
+      lambda params: HutchinsonState(jax.random.PRNGKey(seed)), estimate)
 
 
-ESTIMATORS = {"grad_weight_ratio": grad_weight_ratio_estimator,
-              "secant": secant_estimator,
-              "hutchinson": hutchinson_estimator}
-
-
-def _estimator(estimator: Any, reduction: Reduction, weight_decay: Any,
-               hutchinson_every: int, seed: int) -> CurvatureEstimator:
-  """A :class:`CurvatureEstimator` from the name or object given."""
-  if isinstance(estimator, CurvatureEstimator):
-    return estimator
-  if estimator not in ESTIMATORS:
-    raise ValueError(f"estimator must be one of {tuple(ESTIMATORS)} or a "
-                     f"CurvatureEstimator, got {estimator!r}.")
-  if estimator != "grad_weight_ratio" and not (
-      isinstance(weight_decay, (int, float)) and weight_decay == 0):
-    raise ValueError(
-        f"weight_decay={weight_decay!r} is only used by the "
-        f"'grad_weight_ratio' estimator; estimator={estimator!r} would ignore "
-        "it. Add decay to the base optimizer instead (e.g. "
-        "optax.add_decayed_weights).")
-  if estimator == "grad_weight_ratio":
-    return grad_weight_ratio_estimator(reduction, weight_decay)
-  if estimator == "secant":
-    return secant_estimator(reduction)
-  return hutchinson_estimator(reduction, hutchinson_every, seed)
-
-
+@_docs.shared
 def scale_by_curvature_lr(
-    estimator: str | CurvatureEstimator = "grad_weight_ratio",
+    estimator: CurvatureEstimator,
     *,
-    reduction: Reduction = "norm",
     relative_to: Literal["median"] | None = None,
     trust_coefficient: Any = 1.0,
-    weight_decay: Any = 0.0,
     ema_decay: float = 0.9,
-    hutchinson_every: int = 10,
     min_scale: float = 0.0,
     max_scale: float = float("inf"),
     mask: _tree.MaskOrFn = True,
-    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Scales each layer's update by ``trust_coefficient / c_l``.
+  r"""Scales each layer's update by ``trust_coefficient / c_l``, ``c_l``
+  from a :class:`CurvatureEstimator` of your own.
 
-  ``c_l`` comes from a curvature estimator (per params leaf), a
-  :class:`CurvatureEstimator` or one of their names:
+  The built-in estimators are transforms of their own, with their options:
+  :func:`scale_by_grad_weight_ratio` (LARS), :func:`scale_by_secant_curvature`
+  and :func:`scale_by_hutchinson_curvature`; this is the transform they all
+  are. It smooths (the estimators that ask for it), normalises, clips and
+  scales.
 
-  * ``"grad_weight_ratio"`` (:func:`grad_weight_ratio_estimator`):
-    ``(||g|| + β||w||) / ||w||`` -- the LARS limit; with ``weight_decay=β >
-    0`` the output is ``scale * (g + β w)``, as in the LARS paper.
-    (``optax.lars`` uses ``||g + β w||`` instead of ``||g|| + β||w||``; the
-    two agree when β = 0.)
-  * ``"secant"`` (:func:`secant_estimator`): EMA (``ema_decay``) of
-    ``||g_t - g_{t-1}|| / ||w_t - w_{t-1}||``, a finite-difference curvature
-    along the last step. Keeps the previous gradients and params in the
-    state (parameter-sized). Until the first difference exists the scale
-    is 1.
-  * ``"hutchinson"`` (:func:`hutchinson_estimator`): ``mean |v ⊙ Hv|`` with
-    Rademacher ``v``, the Hutchinson estimate of the Hessian diagonal,
-    recomputed every ``hutchinson_every`` steps (EMA-smoothed). ``update``
-    then needs the extra argument ``obj_fn`` (params -> loss), as in
-    ``optax.contrib.sophia``.
-
-  This transform only smooths (the estimators that ask for it), normalises,
-  clips and scales. ``reduction="median"`` replaces the ratio of norms by
-  the median of the element-wise ratios within the layer (MCLR's
-  within-layer median; for Hutchinson the median of ``|v ⊙ Hv|``).
-  ``relative_to="median"`` divides every ``c_l`` by the median over layers,
-  so a layer of median curvature gets scale ``trust_coefficient`` (MCLR's
-  across-layer normalisation).
-
-  Guards: a zero, negative, NaN or infinite estimate (zero weights, no step
-  yet) gives scale 1; scales are clipped to ``[min_scale, max_scale]``.
+  [curvature-scale]
 
   Args:
-    estimator: a :class:`CurvatureEstimator`, or ``"grad_weight_ratio"``,
-      ``"secant"``, ``"hutchinson"``.
-    reduction: ``"norm"`` or ``"median"`` (for an estimator given by name).
+    estimator: a :class:`CurvatureEstimator`.
     relative_to: ``None`` or ``"median"`` (across layers).
     trust_coefficient: numerator of the scale (LARS's η).
-    weight_decay: β, added to the update as ``β w`` (grad_weight_ratio only).
-    ema_decay: smoothing of the secant and Hutchinson estimates.
-    hutchinson_every: Hutchinson recomputation period (steps).
+    ema_decay: smoothing of the estimates, for an estimator that is
+      ``smoothed``.
     min_scale, max_scale: clipping of the scale.
     mask: which leaves get a per-layer scale (others pass through; like LARS,
       exclude biases and norm parameters).
-    seed: PRNG seed of the Hutchinson probe vectors.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs params.
 
   Example:
-    >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> tx = lo.scale_by_curvature_lr("grad_weight_ratio")
-    >>> p, g = {'w': jnp.array([3.0, 4.0])}, {'w': jnp.array([0.0, 0.5])}
-    >>> u, _ = tx.update(g, tx.init(p), p)   # scale ||w|| / ||g|| = 10
-    >>> u['w'].tolist()
-    [0.0, 5.0]
+    >>> import jax, jax.numpy as jnp, optax, lawn_optax as lo
+    >>> grad_norm = lo.CurvatureEstimator(       # c_l = ||g_l||
+    ...     lambda params: optax.EmptyState(),
+    ...     lambda g, state, params, count, **extra: (
+    ...         jax.tree.map(jnp.linalg.norm, g), state))
+    >>> tx = lo.scale_by_curvature_lr(grad_norm, trust_coefficient=2.0)
+    >>> p = {'w': jnp.ones(2)}
+    >>> tx.update({'w': jnp.array([0.0, 4.0])}, tx.init(p), p)[0]['w'].tolist()
+    [0.0, 2.0]
 
   References:
     Gao & Zhong, `Study on the Large Batch Size Training of Neural Networks
     Based on the Second Order Gradient <https://arxiv.org/abs/2012.08795>`_,
-    2020; You, Gitman, Ginsburg, `Large Batch Training of Convolutional
-    Networks <https://arxiv.org/abs/1708.03888>`_, 2017.
+    2020.
   """
-  est = _estimator(estimator, reduction, weight_decay, hutchinson_every,
-                   seed)
+  if not isinstance(estimator, CurvatureEstimator):
+    raise ValueError(
+        f"estimator must be a lawn_optax.CurvatureEstimator, got "
+        f"{estimator!r}. The estimators named by a string are transforms "
+        "since 0.3: lo.scale_by_grad_weight_ratio(...), "
+        "lo.scale_by_secant_curvature(...), "
+        "lo.scale_by_hutchinson_curvature(...).")
   if relative_to not in (None, "median"):
     raise ValueError(f"relative_to must be None or 'median', got "
                      f"{relative_to!r}.")
   if not 0.0 <= ema_decay < 1.0:
     raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
-  _tree.check_step(hutchinson_every, "hutchinson_every", minimum=1)
 
   def init_fn(params):
     sel = _tree.select(mask, params, what="mask")
@@ -340,18 +266,19 @@ def scale_by_curvature_lr(
     nan = lambda _: jnp.full([], jnp.nan, jnp.float32)
     return CurvatureLRState(count=jnp.zeros([], jnp.int32),
                             curvature=sel.unflatten(sel.map(nan, w)),
-                            estimator=est.init(params, sel))
+                            estimator=estimator.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     sel, w, g, g_def = _tree.select_update(mask, updates, params)
     old = sel.flatten(state.curvature, "state.curvature")
-    raw, est_state = est.estimate(updates, state.estimator, params, sel,
-                                  state.count, **extra_args)
+    estimates, est_state = estimator.estimate(
+        updates, state.estimator, params, state.count, **extra_args)
+    raw = sel.map(lambda r: r, sel.flatten(estimates, "the estimate"))
     curv = sel.map(lambda o, r: _smooth(o, r, ema_decay), old, raw) if (
-        est.smoothed) else raw
+        estimator.smoothed) else raw
     eff = _relative(sel, curv) if relative_to == "median" else curv
     new_g = [_scaled(gi, wi, ci, trust_coefficient, min_scale, max_scale,
-                     est.weight_decay) if f else gi
+                     estimator.weight_decay) if f else gi
              for f, gi, wi, ci in zip(sel.flags, g, w, eff)]
     new_state = CurvatureLRState(
         count=optax.safe_increment(state.count),
@@ -361,6 +288,139 @@ def scale_by_curvature_lr(
     return jax.tree.unflatten(g_def, new_g), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+@_docs.shared
+def scale_by_grad_weight_ratio(
+    *, trust_coefficient: Any = 1.0, weight_decay: Any = 0.0,
+    reduction: Reduction = "norm",
+    relative_to: Literal["median"] | None = None,
+    min_scale: float = 0.0, max_scale: float = float("inf"),
+    mask: _tree.MaskOrFn = True) -> optax.GradientTransformationExtraArgs:
+  """Per-layer scale from ``c_l = (||g|| + β||w||) / ||w||``: the LARS
+  limit (no state, no smoothing).
+
+  With ``weight_decay=β > 0`` the output is ``scale * (g + β w)``, as in the
+  LARS paper. (``optax.lars`` uses ``||g + β w||`` instead of ``||g|| +
+  β||w||``; the two agree when β = 0.)
+
+  [curvature-scale]
+
+  Args:
+    trust_coefficient: numerator of the scale (LARS's η).
+    weight_decay: β, in the estimate and added to the update as ``β w``.
+    reduction: ``"norm"`` or ``"median"`` (within a layer).
+    relative_to, min_scale, max_scale, mask: see
+      :func:`scale_by_curvature_lr`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs params.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.scale_by_grad_weight_ratio()
+    >>> p, g = {'w': jnp.array([3.0, 4.0])}, {'w': jnp.array([0.0, 0.5])}
+    >>> tx.update(g, tx.init(p), p)[0]['w'].tolist()  # ||w|| / ||g|| = 10
+    [0.0, 5.0]
+
+  References:
+    You, Gitman, Ginsburg, `Large Batch Training of Convolutional Networks
+    <https://arxiv.org/abs/1708.03888>`_, 2017.
+  """
+  return scale_by_curvature_lr(
+      _grad_weight_ratio(reduction, weight_decay), relative_to=relative_to,
+      trust_coefficient=trust_coefficient, min_scale=min_scale,
+      max_scale=max_scale, mask=mask)
+
+
+@_docs.shared
+def scale_by_secant_curvature(
+    *, trust_coefficient: Any = 1.0, ema_decay: float = 0.9,
+    reduction: Reduction = "norm",
+    relative_to: Literal["median"] | None = None,
+    min_scale: float = 0.0, max_scale: float = float("inf"),
+    mask: _tree.MaskOrFn = True) -> optax.GradientTransformationExtraArgs:
+  """Per-layer scale from an EMA of ``||g_t - g_{t-1}|| / ||w_t -
+  w_{t-1}||``: a finite-difference curvature along the last step.
+
+  Keeps the previous gradients and params in the state (parameter-sized:
+  :class:`SecantState`). Until the first difference exists the scale is 1.
+
+  [curvature-scale]
+
+  Args:
+    trust_coefficient: numerator of the scale.
+    ema_decay: smoothing of the estimates.
+    reduction: ``"norm"`` or ``"median"`` (within a layer).
+    relative_to, min_scale, max_scale, mask: see
+      :func:`scale_by_curvature_lr`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs params.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.scale_by_secant_curvature()
+    >>> p = {'w': jnp.array([3.0, 4.0])}
+    >>> u, s = tx.update({'w': jnp.ones(2)}, tx.init(p), p)  # no step yet
+    >>> u['w'].tolist()
+    [1.0, 1.0]
+
+  References:
+    Gao & Zhong, arXiv:2012.08795, 2020.
+  """
+  return scale_by_curvature_lr(
+      _secant(reduction), relative_to=relative_to,
+      trust_coefficient=trust_coefficient, ema_decay=ema_decay,
+      min_scale=min_scale, max_scale=max_scale, mask=mask)
+
+
+@_docs.shared
+def scale_by_hutchinson_curvature(
+    *, trust_coefficient: Any = 1.0, ema_decay: float = 0.9, every: int = 10,
+    reduction: Reduction = "norm",
+    relative_to: Literal["median"] | None = None,
+    min_scale: float = 0.0, max_scale: float = float("inf"),
+    mask: _tree.MaskOrFn = True, seed: int = 0
+) -> optax.GradientTransformationExtraArgs:
+  """Per-layer scale from ``mean |v ⊙ Hv|`` with Rademacher ``v``: the
+  Hutchinson estimate of the Hessian diagonal, every ``every`` steps.
+
+  ``update`` needs the extra argument ``obj_fn`` (params -> loss), as in
+  ``optax.contrib.sophia``. The estimate is EMA-smoothed and kept between
+  recomputations (:class:`HutchinsonState` holds the PRNG key).
+
+  [curvature-scale]
+
+  Args:
+    trust_coefficient: numerator of the scale.
+    ema_decay: smoothing of the estimates.
+    every: recomputation period (steps).
+    reduction: ``"norm"`` (the mean of ``|v ⊙ Hv|``) or ``"median"``.
+    relative_to, min_scale, max_scale, mask: see
+      :func:`scale_by_curvature_lr`.
+    seed: PRNG seed of the probe vectors.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs params
+    and ``obj_fn``.
+
+  Example:
+    >>> import jax.numpy as jnp, lawn_optax as lo
+    >>> tx = lo.scale_by_hutchinson_curvature(trust_coefficient=2.0)
+    >>> p = {'w': jnp.array([3.0, 4.0])}
+    >>> loss = lambda q: jnp.sum(q['w'] ** 2)   # Hessian 2 I: scale 2 / 2
+    >>> u, _ = tx.update({'w': jnp.ones(2)}, tx.init(p), p, obj_fn=loss)
+    >>> u['w'].tolist()
+    [1.0, 1.0]
+
+  References:
+    Gao & Zhong, arXiv:2012.08795, 2020.
+  """
+  return scale_by_curvature_lr(
+      _hutchinson(reduction, every, seed), relative_to=relative_to,
+      trust_coefficient=trust_coefficient, ema_decay=ema_decay,
+      min_scale=min_scale, max_scale=max_scale, mask=mask)
 
 
 def _smooth(old, new, ema_decay):
@@ -388,39 +448,61 @@ def _scaled(gi, wi, ci, trust_coefficient, min_scale, max_scale,
   return (gi * s).astype(gi.dtype)
 
 
+Curvature = Callable[..., optax.GradientTransformationExtraArgs]
+
+
+def _curvature_step(curvature: Curvature, kwargs: dict[str, Any],
+                    caller: str) -> optax.GradientTransformationExtraArgs:
+  """``curvature(**kwargs)``, with a clear error for the arguments of 0.3."""
+  if "estimator" in kwargs:
+    raise ValueError(
+        f"{caller}(estimator=...) was removed in 0.3: pass the estimator's "
+        "transform factory, curvature=lo.scale_by_secant_curvature (or "
+        "lo.scale_by_grad_weight_ratio, lo.scale_by_hutchinson_curvature), "
+        "and its options as keywords.")
+  if isinstance(curvature, optax.GradientTransformation) or not callable(
+      curvature):
+    raise ValueError(
+        f"{caller}: curvature must be a factory such as "
+        f"lo.scale_by_secant_curvature (its options go to {caller} as "
+        f"keywords), got {curvature!r}.")
+  return curvature(**kwargs)
+
+
 def cblr(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    estimator: str = "secant",
-    reduction: Reduction = "norm",
-    trust_coefficient: Any = 1.0,
-    weight_decay: Any = 0.0,
+    curvature: Curvature = scale_by_secant_curvature,
     momentum: float | None = 0.9,
     nesterov: bool = False,
-    mask: _tree.MaskOrFn = True,
-    **estimator_kwargs: Any,
+    **curvature_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
   """CBLR: SGD with momentum and per-layer learning rates ``η / c_l``.
 
-  ``chain(scale_by_curvature_lr(...), scale_by_learning_rate(η),
-  trace(momentum))``, the layout of LARS; with ``estimator=
-  "grad_weight_ratio"`` and ``trust_coefficient=η_trust`` it *is* LARS
-  (paper-faithful trust ratio ``||w|| / (||g|| + β||w||)``).
+  ``chain(curvature(**curvature_kwargs), scale_by_learning_rate(η),
+  trace(momentum))``, the layout of LARS; with
+  ``curvature=lo.scale_by_grad_weight_ratio`` and
+  ``trust_coefficient=η_trust`` it *is* LARS (paper-faithful trust ratio
+  ``||w|| / (||g|| + β||w||)``: :func:`paper_lars`).
 
   Args:
     learning_rate: global η (float or schedule).
-    estimator, reduction, trust_coefficient, weight_decay, mask: see
-      :func:`scale_by_curvature_lr`.
+    curvature: the per-layer scale's factory: :func:`scale_by_secant_curvature`,
+      :func:`scale_by_grad_weight_ratio`,
+      :func:`scale_by_hutchinson_curvature`, or
+      ``functools.partial(lo.scale_by_curvature_lr, estimator)`` for a
+      :class:`CurvatureEstimator` of your own.
     momentum: heavy-ball momentum (``None`` for none).
     nesterov: Nesterov momentum.
-    **estimator_kwargs: more :func:`scale_by_curvature_lr` options.
+    **curvature_kwargs: ``curvature``'s options (``trust_coefficient``,
+      ``reduction``, ``mask``, ...).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
   Example:
     >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> tx = lo.cblr(0.1, estimator="grad_weight_ratio")
+    >>> tx = lo.cblr(0.1, curvature=lo.scale_by_grad_weight_ratio)
     >>> p = {'w': jnp.array([3.0, 4.0])}
     >>> u, _ = tx.update({'w': jnp.array([0.0, 0.5])}, tx.init(p), p)
     >>> float(u['w'][1])   # -lr * (||w|| / ||g||) * g
@@ -429,10 +511,17 @@ def cblr(
   References:
     Gao & Zhong, arXiv:2012.08795, 2020.
   """
-  steps = [scale_by_curvature_lr(
-      estimator, reduction=reduction, trust_coefficient=trust_coefficient,
-      weight_decay=weight_decay, mask=mask, **estimator_kwargs),
-           optax.scale_by_learning_rate(learning_rate)]
+  return _with_learning_rate(
+      _curvature_step(curvature, curvature_kwargs, "cblr"), learning_rate,
+      momentum, nesterov)
+
+
+def _with_learning_rate(scale: optax.GradientTransformationExtraArgs,
+                        learning_rate: optax.ScalarOrSchedule,
+                        momentum: float | None, nesterov: bool = False
+                        ) -> optax.GradientTransformationExtraArgs:
+  """LARS's layout: the per-layer scale, the global rate, then momentum."""
+  steps = [scale, optax.scale_by_learning_rate(learning_rate)]
   if momentum is not None:
     steps.append(optax.trace(decay=momentum, nesterov=nesterov))
   return optax.chain(*steps)
@@ -441,11 +530,10 @@ def cblr(
 def mclr(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    estimator: str = "secant",
+    curvature: Curvature = scale_by_secant_curvature,
     within_layer_median: bool = False,
     momentum: float | None = 0.9,
-    mask: _tree.MaskOrFn = True,
-    **kwargs: Any,
+    **curvature_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
   """MCLR: median-curvature learning rates, ``η_l = η · median_k(c_k) / c_l``.
 
@@ -457,18 +545,18 @@ def mclr(
 
   Args:
     learning_rate: η for a layer of median curvature.
-    estimator: see :func:`scale_by_curvature_lr`.
-    within_layer_median: use ``reduction="median"`` too.
+    curvature: the per-layer scale's factory, as in :func:`cblr`.
+    within_layer_median: ``reduction="median"`` too.
     momentum: heavy-ball momentum (``None`` for none).
-    mask: which leaves get a per-layer rate.
-    **kwargs: more :func:`cblr` / :func:`scale_by_curvature_lr` options.
+    **curvature_kwargs: ``curvature``'s other options (``mask``, ...).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
   Example:
     >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> tx = lo.mclr(0.1, estimator="grad_weight_ratio", momentum=None)
+    >>> tx = lo.mclr(0.1, curvature=lo.scale_by_grad_weight_ratio,
+    ...              momentum=None)
     >>> p = {'a': jnp.ones(4), 'b': jnp.ones(4)}
     >>> g = {'a': 0.1 * jnp.ones(4), 'b': 0.3 * jnp.ones(4)}
     >>> u, _ = tx.update(g, tx.init(p), p)   # median curvature 0.2
@@ -478,9 +566,10 @@ def mclr(
   References:
     Gao & Zhong, arXiv:2012.08795, 2020.
   """
-  return cblr(learning_rate, estimator=estimator,
-              reduction="median" if within_layer_median else "norm",
-              relative_to="median", momentum=momentum, mask=mask, **kwargs)
+  scale = _curvature_step(curvature, dict(
+      curvature_kwargs, reduction="median" if within_layer_median else "norm",
+      relative_to="median"), "mclr")
+  return _with_learning_rate(scale, learning_rate, momentum)
 
 
 def paper_lars(
@@ -495,9 +584,9 @@ def paper_lars(
   """LARS with the paper's trust ratio ``η_trust ||w|| / (||g|| + β||w||)``.
 
   ``optax.lars`` divides by ``||g + β w||`` instead; the two coincide when
-  ``weight_decay=0``. This is :func:`cblr` with the ``"grad_weight_ratio"``
-  estimator. (Named apart from ``optax.lars``; ``lawn_optax.lars`` is a
-  deprecated alias.)
+  ``weight_decay=0``. This is :func:`cblr` with
+  :func:`scale_by_grad_weight_ratio`. (Named apart from ``optax.lars``;
+  ``lawn_optax.lars`` is a deprecated alias.)
 
   Args:
     learning_rate: global learning rate γ.
@@ -520,7 +609,7 @@ def paper_lars(
   References:
     You, Gitman, Ginsburg, arXiv:1708.03888, 2017.
   """
-  return cblr(learning_rate, estimator="grad_weight_ratio",
+  return cblr(learning_rate, curvature=scale_by_grad_weight_ratio,
               trust_coefficient=trust_coefficient, weight_decay=weight_decay,
               momentum=momentum, nesterov=nesterov, mask=mask)
 
@@ -540,74 +629,3 @@ def lars(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
                 "optax.lars when weight_decay > 0).", DeprecationWarning,
                 stacklevel=2)
   return paper_lars(*args, **kwargs)
-
-
-def scale_by_grad_weight_ratio(
-    *, trust_coefficient: Any = 1.0, weight_decay: Any = 0.0,
-    reduction: Reduction = "norm",
-    relative_to: Literal["median"] | None = None,
-    min_scale: float = 0.0, max_scale: float = float("inf"),
-    mask: _tree.MaskOrFn = True) -> optax.GradientTransformationExtraArgs:
-  """:func:`scale_by_curvature_lr` with the ``"grad_weight_ratio"`` (LARS)
-  estimator: ``c_l = (||g|| + β||w||) / ||w||``.
-
-  Example:
-    >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> tx = lo.scale_by_grad_weight_ratio()
-    >>> p, g = {'w': jnp.array([3.0, 4.0])}, {'w': jnp.array([0.0, 0.5])}
-    >>> tx.update(g, tx.init(p), p)[0]['w'].tolist()
-    [0.0, 5.0]
-  """
-  return scale_by_curvature_lr(
-      "grad_weight_ratio", trust_coefficient=trust_coefficient,
-      weight_decay=weight_decay, reduction=reduction, relative_to=relative_to,
-      min_scale=min_scale, max_scale=max_scale, mask=mask)
-
-
-def scale_by_secant_curvature(
-    *, trust_coefficient: Any = 1.0, ema_decay: float = 0.9,
-    reduction: Reduction = "norm",
-    relative_to: Literal["median"] | None = None,
-    min_scale: float = 0.0, max_scale: float = float("inf"),
-    mask: _tree.MaskOrFn = True) -> optax.GradientTransformationExtraArgs:
-  """:func:`scale_by_curvature_lr` with the ``"secant"`` estimator: an EMA of
-  ``||g_t - g_{t-1}|| / ||w_t - w_{t-1}||`` per layer.
-
-  Example:
-    >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> tx = lo.scale_by_secant_curvature()
-    >>> p = {'w': jnp.array([3.0, 4.0])}
-    >>> u, s = tx.update({'w': jnp.ones(2)}, tx.init(p), p)  # no step yet
-    >>> u['w'].tolist()
-    [1.0, 1.0]
-  """
-  return scale_by_curvature_lr(
-      "secant", trust_coefficient=trust_coefficient, ema_decay=ema_decay,
-      reduction=reduction, relative_to=relative_to, min_scale=min_scale,
-      max_scale=max_scale, mask=mask)
-
-
-def scale_by_hutchinson_curvature(
-    *, trust_coefficient: Any = 1.0, ema_decay: float = 0.9, every: int = 10,
-    reduction: Reduction = "norm",
-    relative_to: Literal["median"] | None = None,
-    min_scale: float = 0.0, max_scale: float = float("inf"),
-    mask: _tree.MaskOrFn = True, seed: int = 0
-) -> optax.GradientTransformationExtraArgs:
-  """:func:`scale_by_curvature_lr` with the ``"hutchinson"`` estimator:
-  ``mean |v ⊙ Hv|`` per layer every ``every`` steps; ``update`` needs
-  ``obj_fn`` (params -> loss).
-
-  Example:
-    >>> import jax.numpy as jnp, lawn_optax as lo
-    >>> tx = lo.scale_by_hutchinson_curvature(trust_coefficient=2.0)
-    >>> p = {'w': jnp.array([3.0, 4.0])}
-    >>> loss = lambda q: jnp.sum(q['w'] ** 2)   # Hessian 2 I: scale 2 / 2
-    >>> u, _ = tx.update({'w': jnp.ones(2)}, tx.init(p), p, obj_fn=loss)
-    >>> u['w'].tolist()
-    [1.0, 1.0]
-  """
-  return scale_by_curvature_lr(
-      "hutchinson", trust_coefficient=trust_coefficient, ema_decay=ema_decay,
-      hutchinson_every=every, reduction=reduction, relative_to=relative_to,
-      min_scale=min_scale, max_scale=max_scale, mask=mask, seed=seed)

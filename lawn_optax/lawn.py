@@ -74,9 +74,8 @@ def lawn(
   so ``state["base"]`` is the base optimizer's state and
   ``state["lawn"].targets`` the frozen norms (see also
   :func:`lawn_optax.frozen_norms`). With a gate (``free_steps > 0``, traced
-  or ``"auto"``) and an elementwise base update, the free phase runs
-  ``base_tx``'s step alone and the constrained phase recomputes
-  ``base_tx``'s update inside the gate for the norm rather than storing it.
+  or ``"auto"``) the free phase passes ``base_tx``'s update through; the
+  retraction's reductions run only in the constrained phase.
 
   [last-transform]
 

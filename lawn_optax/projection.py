@@ -7,8 +7,10 @@ float32 whatever the parameter dtype; the phase gate is one tree-level
 conditional (only the taken branch runs) and the guards inside are
 branch-free, so one compiled step serves the whole run. The settings and
 their seams live in :mod:`lawn_optax._constraint`, the gates in
-:mod:`lawn_optax._gating`, the recomputed update in
-:mod:`lawn_optax._recompute`.
+:mod:`lawn_optax._gating`. One engine applies the rule, two ways: the chain
+(:func:`constrain_norms`, emitting the additive update optax expects) and the
+projection after ``optax.apply_updates`` (:func:`project_norms`); both read
+the rule, the targets and the phase from the same seam and state.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lawn_optax import _constraint, _docs, _gating, _recompute, _tree
+from lawn_optax import _constraint, _docs, _gating, _tree
 from lawn_optax._constraint import (
     RETRACTIONS,
     NormConstraintState,
@@ -71,10 +73,10 @@ def constrain_norms(
   u`` is never materialised; bf16 weights are read as bf16 and accumulated
   in float32). Because ``u`` has two readers, XLA writes it to one
   update-sized temporary buffer (tested with XLA's memory analysis); behind a
-  gate that buffer is written on inactive steps too. This transform sees only
-  ``u``, so it cannot avoid the buffer; :func:`constrain_norms_after` (used
-  by :func:`lawn` and :func:`weight_rescaling`, which own their base
-  optimizer) can, by recomputing the base update inside the gate.
+  gate that buffer is written on inactive steps too. An update transform sees
+  only ``u``, so it cannot avoid the buffer: the projection path
+  (``retraction="projection"``, then :func:`project_norms` after
+  ``optax.apply_updates``) is the way without it.
 
   ``retraction="lazy"`` divides by the norm of the weight as it is, before
   this step's update, instead of waiting for ``||w + u||``:
@@ -153,38 +155,21 @@ def constrain_norms_after(
     auto_freeze: AutoFreeze | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``optax.named_chain(*steps, (name, constrain_norms(mask, ...)))``,
-  without an update-sized buffer when the constraint is gated.
+  with its state checked.
 
-  Same state and same results as that chain (up to float32 rounding: XLA
-  fuses the base update differently); what differs is the work XLA is given.
-  :func:`constrain_norms` reads the incoming update twice (for the norm, then
-  for the rescale), so XLA writes it to a buffer, and behind a gate it does so
-  on every step. Here the gate holds only the scalars ``||w + u||``: on an
-  active step its branch runs the ``steps``' update once more, fused into a
-  reduction over the gradient, their state and the params (nothing
-  update-sized written); then the ``steps`` run once, and the rescale
-  ``u' = k u + (k - 1) w`` fuses with them and with ``apply_updates``.
+  The form :func:`lawn`, :func:`weight_rescaling` and :func:`max_norm` are
+  built in: the base optimizer's steps, then the constraint, each keyed by
+  its name in the state (so ``state['lawn']`` is the constraint's state). The
+  update is the chain's, nothing else: the same engine as
+  :func:`constrain_norms` in any chain, bit for bit (tested over every method
+  of the registry). A state of another shape (a swapped or foreign state)
+  raises an error naming the keys expected.
 
-  Passes over parameter-sized memory, counted in the optimized HLO of
-  ``lawn(optax.adam(...))`` with ``apply_updates``: inactive steps (LAWN's
-  free phase, WRS between periods) are the base step alone, with no
-  temporary buffer; active steps add one fused reduction that reads the base
-  step's inputs (gradient, moments, params) and recomputes the update.
-  Storing the update instead (the chain) writes it once and reads it twice,
-  in both phases. Recomputing reads the base step's inputs twice and redoes
-  its arithmetic: on a 2-core CPU it still wins, as XLA:CPU maps the stored
-  update's temporary afresh on every call; on an H200 its constrained phase
-  measured slower than the stored update without a gate (see
-  ``benchmarks/results/overhead*.md``).
-
-  The chain itself is returned where recomputing gains nothing or is not
-  safe: the lazy retraction (it needs only ``||w||``), no gate (static
-  ``start_step=0`` and ``period=1``: every step is active, so storing the
-  update once is the cheaper way), and ``steps`` whose update is more than
-  one elementwise pass (reductions as in LAMB, global-norm clipping or the
-  tangent projection; matrix products; loops) or holds a callback: running
-  those twice costs more than storing the update, or is not allowed
-  (checked on the traced update).
+  Cost: see :func:`constrain_norms` (the exact retraction stores the update
+  once and reads it twice, in both phases when gated). The cheaper route, no
+  update-sized temporary, is ``retraction="projection"`` with
+  :func:`project_norms` after ``optax.apply_updates``
+  (``benchmarks/results/overhead.md``).
 
   [last-transform]
 
@@ -220,11 +205,7 @@ def constrain_norms_after(
                      f"name {name!r} must all differ (they key the state).")
   chain = optax.named_chain(
       *steps, (name, optax.GradientTransformationExtraArgs(c.init, c.update)))
-  if c.retraction in ("lazy", "projection") or c.always_active:
-    return _tree.check_chain_state(chain, names + [name])
-  update = _recompute.fused_update(c, optax.named_chain(*steps), chain, names,
-                                   name)
-  return optax.GradientTransformationExtraArgs(chain.init, update)
+  return _tree.check_chain_state(chain, names + [name])
 
 
 def _projections(state: Any, took_step: Any = True) -> list:

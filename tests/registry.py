@@ -152,7 +152,7 @@ _METHODS = [
                retraction=retraction),
            below_max_norm(1.0), 0.05, ("max_norm",), projection=True),
     Method("cblr_secant", lambda learning_rate, mask: lo.cblr(
-        learning_rate, estimator="secant", mask=mask, max_scale=10.0),
+        learning_rate, mask=mask, max_scale=10.0),
            finite, 0.05, ("cblr", "scale_by_curvature_lr",
                           "scale_by_secant_curvature")),
     Method("mclr", lambda learning_rate, mask: lo.mclr(

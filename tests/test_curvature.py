@@ -1,6 +1,8 @@
 """CBLR / MCLR / LARS against closed forms, NumPy LARS and optax.lars;
 small-loss filtering and batch-size scheduling."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -52,7 +54,8 @@ def _numpy_lars(params, steps, lr, trust, beta, momentum):
 @pytest.mark.parametrize("beta", [0.0, 0.01])
 def test_cblr_grad_weight_ratio_is_paper_lars(beta):
   ref = _numpy_lars(PARAMS, 12, lr=0.5, trust=0.02, beta=beta, momentum=0.9)
-  for tx in (lo.cblr(0.5, estimator="grad_weight_ratio", trust_coefficient=0.02,
+  for tx in (lo.cblr(0.5, curvature=lo.scale_by_grad_weight_ratio,
+                     trust_coefficient=0.02,
                      weight_decay=beta, momentum=0.9),
              lo.paper_lars(0.5, trust_coefficient=0.02, weight_decay=beta)):
     for got, want in zip(_run(tx), ref):
@@ -82,7 +85,7 @@ COEF = {"a": 4.0, "b": 0.5}
 
 def test_secant_recovers_quadratic_curvature():
   loss = _quadratic(COEF)
-  tx = lo.scale_by_curvature_lr("secant", ema_decay=0.5)
+  tx = lo.scale_by_secant_curvature(ema_decay=0.5)
   params = PARAMS
   state = tx.init(params)
   for t in range(4):
@@ -101,8 +104,8 @@ def test_secant_recovers_quadratic_curvature():
 @pytest.mark.parametrize("reduction", ["norm", "median"])
 def test_hutchinson_recovers_quadratic_curvature(reduction):
   loss = _quadratic(COEF)
-  tx = lo.scale_by_curvature_lr("hutchinson", reduction=reduction,
-                                hutchinson_every=2, trust_coefficient=2.0)
+  tx = lo.scale_by_hutchinson_curvature(reduction=reduction, every=2,
+                                        trust_coefficient=2.0)
   state = tx.init(PARAMS)
   g = jax.grad(loss)(PARAMS)
   step = jax.jit(lambda g, s, p: tx.update(g, s, p, obj_fn=loss))
@@ -119,14 +122,14 @@ def test_mclr_normalises_by_median_curvature():
   p = {f"l{i}": jnp.ones((3, 2)) for i in range(3)}
   g = {"l0": 0.1 * jnp.ones((3, 2)), "l1": 0.2 * jnp.ones((3, 2)),
        "l2": 0.8 * jnp.ones((3, 2))}
-  tx = lo.mclr(1.0, estimator="grad_weight_ratio", momentum=None)
+  tx = lo.mclr(1.0, curvature=lo.scale_by_grad_weight_ratio, momentum=None)
   u, _ = tx.update(g, tx.init(p), p)
   # c_l = ||g_l|| / ||w_l|| = 0.1, 0.2, 0.8; median 0.2: every layer moves
   # by (0.2 / c_l) * g_l = 0.2 per element.
   for k in p:
     np.testing.assert_allclose(u[k], -0.2, rtol=1e-6)
-  within = lo.mclr(1.0, estimator="grad_weight_ratio", momentum=None,
-                   within_layer_median=True)
+  within = lo.mclr(1.0, curvature=lo.scale_by_grad_weight_ratio,
+                   momentum=None, within_layer_median=True)
   g2 = dict(g, l1=jnp.asarray([[0.2, 0.2], [0.2, 5.0], [0.2, 0.2]]))
   u2, s2 = within.update(g2, within.init(p), p)
   np.testing.assert_allclose(s2[0].curvature["l1"], 0.2, rtol=1e-6)
@@ -135,12 +138,10 @@ def test_mclr_normalises_by_median_curvature():
 def test_guards_zero_norm_and_clipping():
   p = {"w": jnp.zeros((2, 2)), "v": jnp.ones((2, 2))}
   g = {"w": jnp.ones((2, 2)), "v": 1e-6 * jnp.ones((2, 2))}
-  tx = lo.scale_by_curvature_lr("grad_weight_ratio", max_scale=10.0)
+  tx = lo.scale_by_grad_weight_ratio(max_scale=10.0)
   u, _ = tx.update(g, tx.init(p), p)
   np.testing.assert_array_equal(u["w"], g["w"])        # ||w|| = 0: scale 1
   np.testing.assert_allclose(u["v"], 10.0 * g["v"])    # 1e6 clipped to 10
-  with pytest.raises(ValueError, match="estimator must be one of"):
-    lo.scale_by_curvature_lr("newton")
 
 
 @given(st.lists(st.integers(0, 5), min_size=1, max_size=40),
@@ -199,10 +200,10 @@ def test_curvature_methods_train_a_real_model(name):
                                                            y[idx]).mean()
 
   kernels = lo.masks.kernels(params)
-  tx = {"cblr_secant": lo.cblr(0.2, estimator="secant", mask=kernels,
-                               max_scale=10.0),
-        "cblr_hutchinson": lo.cblr(0.02, estimator="hutchinson", mask=kernels,
-                                   max_scale=10.0, hutchinson_every=5),
+  tx = {"cblr_secant": lo.cblr(0.2, mask=kernels, max_scale=10.0),
+        "cblr_hutchinson": lo.cblr(
+            0.02, curvature=lo.scale_by_hutchinson_curvature, mask=kernels,
+            max_scale=10.0, every=5),
         "mclr": lo.mclr(0.05, mask=kernels),
         "lars": lo.paper_lars(0.5, trust_coefficient=0.01, mask=kernels)}[name]
   state = tx.init(params)
@@ -224,32 +225,80 @@ def test_curvature_methods_train_a_real_model(name):
   assert acc > 0.9, (name, acc)
 
 
-@pytest.mark.parametrize("estimator,factory", [
-    ("grad_weight_ratio", lambda: lo.scale_by_grad_weight_ratio(
-        trust_coefficient=0.5)),
-    ("secant", lambda: lo.scale_by_secant_curvature(trust_coefficient=0.5)),
+def test_an_estimator_of_your_own_is_one_object():
+  """The public protocol: whole trees in, one scalar per leaf out; the mask
+  chooses what is read. A grad-weight ratio written by hand trains as the
+  built-in LARS transform does (its norms are summed in another order)."""
+  ratio = lo.CurvatureEstimator(
+      init=lambda params: optax.EmptyState(),
+      estimate=lambda g, state, w, count, **extra: (jax.tree.map(
+          lambda gi, wi: jnp.linalg.norm(gi) / jnp.linalg.norm(wi), g, w),
+          state),
+      smoothed=False)
+  mask = {"a": True, "b": False}
+  g = _grads(PARAMS, 0)
+  ours = lo.scale_by_curvature_lr(ratio, trust_coefficient=0.5, mask=mask)
+  builtin = lo.scale_by_grad_weight_ratio(trust_coefficient=0.5, mask=mask)
+  cblr = lo.cblr(0.5, curvature=functools.partial(lo.scale_by_curvature_lr,
+                                                  ratio), mask=mask)
+  paper = lo.cblr(0.5, curvature=lo.scale_by_grad_weight_ratio, mask=mask)
+  for a, b in ((ours, builtin), (cblr, paper)):
+    ua = a.update(g, a.init(PARAMS), PARAMS)[0]
+    ub = b.update(g, b.init(PARAMS), PARAMS)[0]
+    chex.assert_trees_all_close(ua, ub, rtol=1e-6)
+    np.testing.assert_array_equal(ua["b"], g["b"] if a is ours else
+                                  ub["b"])   # unmasked: passed through
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: lo.scale_by_curvature_lr("secant"),
+     r"estimator must be a lawn_optax.CurvatureEstimator, got 'secant'.*"
+     r"scale_by_secant_curvature"),
+    (lambda: lo.cblr(0.1, estimator="hutchinson"),
+     r"cblr\(estimator=...\) was removed in 0.3.*"
+     r"curvature=lo.scale_by_secant_curvature"),
+    (lambda: lo.mclr(0.1, curvature=lo.scale_by_secant_curvature()),
+     r"mclr: curvature must be a factory"),
 ])
-def test_one_factory_per_estimator_matches_the_switch(estimator, factory):
-  general = lo.scale_by_curvature_lr(estimator, trust_coefficient=0.5)
-  chex.assert_trees_all_close(_run(factory()), _run(general), rtol=1e-6)
+def test_the_names_of_0_3_get_a_migration_error(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
 
 
-def test_hutchinson_factory_matches_the_switch():
-  p = {"w": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
-  loss = lambda q: jnp.sum(q["w"] ** 4)
-  a = lo.scale_by_hutchinson_curvature(every=1, seed=3)
-  b = lo.scale_by_curvature_lr("hutchinson", hutchinson_every=1, seed=3)
-  ua, _ = a.update({"w": jnp.ones((2, 2))}, a.init(p), p, obj_fn=loss)
-  ub, _ = b.update({"w": jnp.ones((2, 2))}, b.init(p), p, obj_fn=loss)
-  np.testing.assert_array_equal(ua["w"], ub["w"])
+def test_an_option_the_estimator_lacks_is_refused_by_name():
+  with pytest.raises(TypeError, match="weight_decay"):
+    lo.cblr(0.1, curvature=lo.scale_by_hutchinson_curvature,
+            weight_decay=1e-4)
 
 
-def test_weight_decay_is_refused_where_the_estimator_ignores_it():
-  with pytest.raises(ValueError, match=r"weight_decay=0.01 is only used by "
-                     r"the 'grad_weight_ratio' estimator"):
-    lo.scale_by_curvature_lr("secant", weight_decay=0.01)
-  with pytest.raises(ValueError, match="would ignore it"):
-    lo.cblr(0.1, estimator="hutchinson", weight_decay=1e-4)
+@pytest.mark.parametrize("make", [
+    lambda m: lo.scale_by_grad_weight_ratio(mask=m),
+    lambda m: lo.scale_by_grad_weight_ratio(mask=m, reduction="median"),
+    lambda m: lo.scale_by_secant_curvature(mask=m),
+    lambda m: lo.scale_by_secant_curvature(mask=m, reduction="median"),
+])
+def test_leaves_the_mask_leaves_out_may_be_empty_or_integer(make):
+  """The estimators see every leaf: an empty or integer leaf the mask
+  leaves out passes through untouched (0.3's estimators saw only the
+  selected leaves; a median of an empty leaf raised)."""
+  p = {"w": jnp.asarray([[1.0, 2.0], [3.0, 5.0]]),
+       "step": jnp.zeros((), jnp.int32), "empty": jnp.zeros((0,))}
+  g = {"w": jnp.asarray([[0.5, -1.0], [2.0, 1.0]]),
+       "step": jnp.ones((), jnp.int32), "empty": jnp.zeros((0,))}
+  tx = make({"w": True, "step": False, "empty": False})
+  state = tx.init(p)
+  for _ in range(2):
+    u, state = jax.jit(tx.update)(g, state, p)
+  assert u["step"] == 1 and u["empty"].shape == (0,)
+  assert np.isfinite(np.asarray(u["w"])).all()
+
+
+def test_hutchinson_without_obj_fn_names_the_transform():
+  tx = lo.scale_by_hutchinson_curvature()
+  p = {"w": jnp.ones(2)}
+  with pytest.raises(ValueError, match="scale_by_hutchinson_curvature needs "
+                     r"update\(..., obj_fn="):
+    tx.update(p, tx.init(p), p)
 
 
 def test_lars_is_a_deprecated_alias_of_paper_lars():

@@ -101,17 +101,17 @@ BAD_INPUTS = [
      lambda: lo.constrain_norms_after([("base", optax.sgd(0.1))], "base",
                                       MASK), ValueError,
      r"names of steps \['base'\] and name 'base' must all differ"),
-    ("unknown curvature estimator",
+    ("an estimator named by a string (the 0.2 spelling)",
      lambda: lo.scale_by_curvature_lr("newton"), ValueError,
-     r"estimator must be one of"),
+     r"estimator must be a lawn_optax.CurvatureEstimator"),
     ("Hutchinson estimator without obj_fn",
-     lambda: lo.scale_by_curvature_lr("hutchinson", mask=MASK).update(
-         PARAMS, lo.scale_by_curvature_lr("hutchinson", mask=MASK).init(
+     lambda: lo.scale_by_hutchinson_curvature(mask=MASK).update(
+         PARAMS, lo.scale_by_hutchinson_curvature(mask=MASK).init(
              PARAMS), PARAMS),
-     ValueError, r"needs update\(\.\.\., obj_fn"),
-    ("weight_decay with an estimator that ignores it",
-     lambda: lo.scale_by_curvature_lr("secant", weight_decay=0.01),
-     ValueError, r"weight_decay=0.01 is only used by"),
+     ValueError, r"scale_by_hutchinson_curvature needs update\(\.\.\., obj_fn"),
+    ("cblr's estimator argument (the 0.2 spelling)",
+     lambda: lo.cblr(0.1, estimator="secant"),
+     ValueError, r"cblr\(estimator=\.\.\.\) was removed in 0\.3"),
     ("small-loss fraction of 1",
      lambda: lo.small_loss_weights(jnp.ones(4), 1.0), ValueError,
      r"fraction must be in \[0, 1\)"),

@@ -89,8 +89,8 @@ def _mlp_setup():
 @pytest.mark.parametrize("granularity", ["tensor", "unit"])
 def test_invariants_in_real_training(granularity):
   """The base update before the switch (unmasked leaves bit for bit; masked
-  ones to float32 rounding, as LAWN recomputes their update in a differently
-  fused program); norms frozen after; unmasked leaves always the base's."""
+  ones to float32 rounding, as XLA fuses the base update differently inside
+  LAWN's program); norms frozen after; unmasked leaves always the base's."""
   params, loss, x, y = _mlp_setup()
   free_steps, steps = 15, 45
   mask = lo.masks.kernels(params)

@@ -57,8 +57,7 @@ def test_norm_derivative_at_zero_is_zero_and_values_are_kept(granularity):
 @pytest.mark.parametrize("granularity", ["tensor", "unit"])
 def test_retraction_derivative_where_w_plus_u_is_zero_is_finite(granularity):
   """The retraction's norm ||w + u|| follows the same convention as
-  leaf_norm (derivative 0 at zero), in the stored and in the recomputed
-  design; values unchanged."""
+  leaf_norm (derivative 0 at zero); values unchanged."""
   w = jnp.asarray([[1.0, -2.0], [0.5, 3.0]])
   t = numerics.leaf_norm(w, granularity)
   f = lambda u: jnp.sum(numerics.retract(w, u, t, granularity) ** 2)

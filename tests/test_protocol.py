@@ -13,17 +13,26 @@ from benchmarks import protocol
 from benchmarks.protocol import MethodGrid, Run
 
 
-def test_t_quantiles_match_scipy():
-  stats = pytest.importorskip("scipy.stats")
-  for df in range(1, 31):
-    assert protocol.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df),
-                                                        abs=6e-4)
+def test_t_quantiles_against_closed_forms_and_a_table():
+  """scipy's quantiles against the closed forms for 1 and 2 degrees of
+  freedom (tan(pi (p - 1/2)); (2p - 1) / sqrt(2 p (1 - p))), a printed
+  table's values, and the normal limit."""
+  p = 0.975
+  assert protocol.t_quantile_975(1) == pytest.approx(math.tan(math.pi * (p - 0.5)))
+  assert protocol.t_quantile_975(2) == pytest.approx(
+      (2 * p - 1) / math.sqrt(2 * p * (1 - p)))
+  table = {4: 2.776, 5: 2.571, 7: 2.365, 23: 2.069, 30: 2.042}
+  for df, t in table.items():
+    assert protocol.t_quantile_975(df) == pytest.approx(t, abs=6e-4)
+  assert protocol.t_quantile_975(10**6) == pytest.approx(1.95996, abs=1e-4)
+  with pytest.raises(ValueError, match="at least 2 seeds"):
+    protocol.t_quantile_975(0)
 
 
 def test_paired_interval_against_a_hand_computation():
   a, b = [0.9, 0.8, 0.85, 0.95, 0.9], [0.8, 0.8, 0.8, 0.9, 0.85]
   d = np.subtract(a, b)
-  half = 2.776 * d.std(ddof=1) / math.sqrt(5)
+  half = 2.776445 * d.std(ddof=1) / math.sqrt(5)   # t_{0.975, 4}
   r = protocol.paired_interval(a, b)
   assert r["mean"] == pytest.approx(d.mean())
   assert (r["low"], r["high"]) == pytest.approx((d.mean() - half,
@@ -205,7 +214,7 @@ def test_pooled_interval_against_a_hand_computation():
     for s in st["report_seeds"]:
       per_seed[s].append(test["a"][ia, s] - test["b"][ib, s])
   d = np.array([np.mean(v) for v in per_seed.values()])
-  half = 2.571 * d.std(ddof=1) / math.sqrt(6)
+  half = 2.570582 * d.std(ddof=1) / math.sqrt(6)   # t_{0.975, 5}
   (c,) = protocol.report(t, "test", [("a", "b")])["comparisons"]
   assert (c["mean"], c["low"], c["high"]) == pytest.approx(
       (d.mean(), d.mean() - half, d.mean() + half))
@@ -257,7 +266,7 @@ def test_sensitivity_takes_the_best_knob_and_a_t_band():
   s = protocol.sensitivity(rec)
   assert s["knob_value"] == 7 and s["lr"] == [1, 2]
   assert s["mean"] == [4.0, 4.0]
-  assert s["half_width"] == pytest.approx([12.706 * math.sqrt(2) / math.sqrt(2),
+  assert s["half_width"] == pytest.approx([math.tan(0.475 * math.pi) * math.sqrt(2) / math.sqrt(2),
                                            0.0])
   # A record says which configuration was chosen (the one-standard-error
   # rule may keep the knob at its default): the figure shows that knob.

@@ -1,5 +1,5 @@
 """How far two float32 computations of one quantity may differ when they
-reduce in different orders (sharded vs one device, fused vs stored, several
+reduce in different orders (sharded vs one device, chain vs projection, several
 processes vs one, float32 vs a float64 reference).
 
 The error model, from Higham, *Accuracy and Stability of Numerical
