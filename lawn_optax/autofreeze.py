@@ -28,7 +28,8 @@ on MNIST-1D at batch 64 (40 epochs) the default froze at about a quarter of
 training where the tuned free fraction froze at a tenth, and lost 2.09
 points of test accuracy to it in every repeated study; with ``threshold``
 tuned over the same budget as the free fraction it was level with tuned
-LAWN there (and 0.55 points below it at batch 2048, not in every study). So tune one of the two (a free fraction in ``free_steps``, or
+LAWN there (and 0.55 points below it at batch 2048, not in every study).
+So tune one of the two (a free fraction in ``free_steps``, or
 ``AutoFreeze(threshold=...)``: a larger threshold freezes earlier) as you
 would a learning rate; use the default where tuning is out of reach.
 
