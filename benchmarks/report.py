@@ -20,9 +20,22 @@ TITLES = {"mnist1d": "MNIST-1D", "fashion_mnist": "Fashion-MNIST",
           "movielens": "MovieLens (NCF)", "digits": "scikit-learn digits"}
 
 
+def _isa(env: dict) -> str:
+  """The instruction set a CPU table was produced with, from its recorded
+  vector flags (empty where none were recorded): XLA:CPU's kernels differ
+  between AVX2 and AVX-512 hosts, so a table reproduces bit for bit only
+  on a host with its instruction set."""
+  flags = env.get("cpu_flags")
+  if not flags:
+    return ""
+  return " (AVX-512)" if "avx512f" in flags else (
+      " (AVX2)" if "avx2" in flags else "")
+
+
 def _provenance(results: dict) -> str:
   env = results.get("environment", {})
-  device = (env.get("cpu_model", "?") + f", {env.get('cpu_count', '?')} cores"
+  device = (env.get("cpu_model", "?") + _isa(env)
+            + f", {env.get('cpu_count', '?')} cores"
             if env.get("backend") == "cpu" else env.get("device_kind", "?"))
   minutes = results.get("compute_seconds", results.get("seconds_total", 0)) / 60
   return (f"`{env.get('command', '?')}` at commit "
@@ -242,7 +255,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _device(env: dict) -> str:
   if env.get("backend") == "cpu":
-    return f"{env['cpu_model']}, {env['cpu_count']} cores"
+    return f"{env['cpu_model']}{_isa(env)}, {env['cpu_count']} cores"
   return f"{env['device_kind']} ({env['backend']})"
 
 

@@ -742,3 +742,15 @@ def test_no_benchmark_function_body_is_over_70_lines():
         if lines > 70:
           long.append(f"{path.relative_to(common.ROOT)}:{node.name} {lines}")
   assert not long, long
+
+
+def test_a_cpu_table_names_its_instruction_set():
+  from benchmarks import report
+  assert report._isa({"cpu_flags": ["avx", "avx2", "avx512f", "fma"]}) == (
+      " (AVX-512)")
+  assert report._isa({"cpu_flags": ["avx", "avx2", "fma"]}) == " (AVX2)"
+  assert report._isa({}) == ""
+  line = report._provenance({"environment": {
+      "backend": "cpu", "cpu_model": "AMD EPYC", "cpu_count": 2,
+      "cpu_flags": ["avx2"], "command": "c", "git_commit": "abc"}})
+  assert "AMD EPYC (AVX2), 2 cores" in line
