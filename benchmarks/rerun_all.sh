@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# Re-runs committed comparisons at the current code, one after another, with
-# --out benchmarks/results (each job's log in .runs/, progress in
-# .runs/progress.log). Jobs: quick mnist1d retraction sgd fashion movielens
-# lm lm12k (default: all, in that order; ~3 h on 2 CPU cores alone, about
-# 2 h as two queues side by side).
+# Re-runs every committed CPU table at the current code, one job after
+# another, with --out benchmarks/results (each job's log in .runs/, progress
+# in .runs/progress.log). Jobs, in the default order (the retraction
+# ablation reads the MNIST-1D table's choices, so it follows it):
+#   quick mnist1d retraction b2048 sgd fashion movielens lm lm12k
+#   regime_b64 regime_b512 regime_b512_all regime_b2048 regime_b2048_all
+#   regime_fashion regime_fashion_800 design overhead
+# Split them over two queues side by side (two shells, a job list each), but
+# run `overhead` alone on an idle machine: it times things. On the AVX-512
+# host of 2026-12-05 a job took 1-15 min on one core (the main job 4, the
+# 3,000-character LM and MovieLens 14, the 800-step Fashion cell 10, the
+# step costs 8 alone); on the slower AVX2 host before it, 10-120 min.
+# A table reproduces bit for bit only on a host with its instruction set
+# (README, "Same command, same bits"): re-run every table on one host type.
+# tests/test_benchmarks.py checks that every committed table's recorded
+# command is here.
 # Then: python -m benchmarks.report (README) and the docs build.
 set -u
 cd "$(dirname "$0")/.."
@@ -16,7 +27,10 @@ run() {
   echo "== $name end $(date -u +%H:%M:%S) rc=$rc" >> .runs/progress.log
 }
 jobs=("$@")
-[ ${#jobs[@]} -eq 0 ] && jobs=(quick mnist1d retraction sgd fashion movielens lm lm12k)
+[ ${#jobs[@]} -eq 0 ] && jobs=(quick mnist1d retraction b2048 sgd fashion movielens lm lm12k
+  regime_b64 regime_b512 regime_b512_all regime_b2048 regime_b2048_all regime_fashion
+  regime_fashion_800 design overhead)
+seeds="100 101 102 103 104 105 106 107"   # the design runs' seeds (never 0-7)
 for job in "${jobs[@]}"; do
   case $job in
     quick) run quick python -m benchmarks.generalization --out benchmarks/results ;;
@@ -27,6 +41,21 @@ for job in "${jobs[@]}"; do
     movielens) run movielens python -m benchmarks.generalization --preset movielens-cpu --batch-sizes 256 1024 --epochs 2 --max-extensions 4 --out benchmarks/results ;;
     lm) run lm python -m benchmarks.language_model --cpu --out benchmarks/results ;;
     lm12k) run lm12k python -m benchmarks.language_model --preset cpu-12k --out benchmarks/results ;;
+    b2048) run b2048 python -m benchmarks.generalization --preset mnist1d --optimizers adam adamw lawn-adam --batch-sizes 2048 --epochs 133 --max-extensions 4 --out benchmarks/results --tag _b2048_400steps ;;
+    regime_b64) run regime_b64 python -m benchmarks.regime --batch-sizes 64 --steps 100 400 1600 6400 --optimizers adam adamw lawn-adam --out benchmarks/results --tag _b64 ;;
+    regime_b512) run regime_b512 python -m benchmarks.regime --batch-sizes 512 --steps 100 400 1600 --optimizers adam adamw lawn-adam --out benchmarks/results --tag _b512 ;;
+    regime_b512_all) run regime_b512_all python -m benchmarks.regime --batch-sizes 512 --steps 400 --optimizers adam adamw lawn-adam lawn-adamw lawn-adam-auto --out benchmarks/results --tag _b512_all ;;
+    regime_b2048) run regime_b2048 python -m benchmarks.regime --batch-sizes 2048 --steps 100 400 --optimizers adam adamw lawn-adam --out benchmarks/results --tag _b2048 ;;
+    regime_b2048_all) run regime_b2048_all python -m benchmarks.regime --batch-sizes 2048 --steps 400 --optimizers adam adamw lawn-adam lawn-adamw lawn-adam-auto --out benchmarks/results --tag _b2048_all ;;
+    regime_fashion) run regime_fashion python -m benchmarks.regime --preset fashion --out benchmarks/results ;;
+    regime_fashion_800) run regime_fashion_800 python -m benchmarks.regime --preset fashion --steps 800 --out benchmarks/results --tag _800 ;;
+    design)
+      d=benchmarks/results/design
+      run design_b64 python -m benchmarks.generalization --preset mnist1d --optimizers lawn-adam lawn-adam-auto --batch-sizes 64 --seeds $seeds --out $d --tag _design_b64
+      run design_b2048 python -m benchmarks.generalization --preset mnist1d --optimizers lawn-adam lawn-adam-auto --batch-sizes 2048 --seeds $seeds --out $d --tag _design_b2048
+      run design_digits python -m benchmarks.generalization --preset mnist1d --dataset digits --optimizers lawn-adam lawn-adam-auto --batch-sizes 64 --seeds $seeds --out $d --tag _design_b64
+      python -m benchmarks.autofreeze_design $d/generalization_mnist1d_design_b64.json $d/generalization_mnist1d_design_b2048.json $d/generalization_digits_design_b64.json --out $d/autofreeze_design.json > $d/autofreeze_design.md ;;
+    overhead) run overhead python -m benchmarks.overhead --out benchmarks/results ;;
     *) echo "unknown job $job" >&2; exit 2 ;;
   esac
 done

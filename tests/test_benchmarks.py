@@ -754,3 +754,21 @@ def test_a_cpu_table_names_its_instruction_set():
       "backend": "cpu", "cpu_model": "AMD EPYC", "cpu_count": 2,
       "cpu_flags": ["avx2"], "command": "c", "git_commit": "abc"}})
   assert "AMD EPYC (AVX2), 2 cores" in line
+
+
+def test_rerun_all_holds_every_committed_tables_command():
+  # The one script a full re-run uses must not forget a table.
+  script = (common.ROOT / "benchmarks" / "rerun_all.sh").read_text()
+  script = script.replace("$seeds", "100 101 102 103 104 105 106 107")
+  script = script.replace("$d", "benchmarks/results/design")
+  paths = sorted(common.RESULTS.glob("*.json")) + sorted(
+      (common.RESULTS / "design").glob("generalization_*.json"))
+  missing = []
+  for path in paths:
+    env = json.loads(path.read_text()).get("environment", {})
+    if env.get("backend", "cpu") != "cpu":
+      continue   # accelerator tables: benchmarks/device_run.sh
+    if env["command"] not in script:
+      missing.append(path.name)
+  assert not missing, missing
+  assert len(paths) > 20
