@@ -43,10 +43,10 @@ def tuning_of_cell(results: dict[str, Any], index: int,
   grids, configs, metrics, outputs, extensions = {}, {}, {}, {}, {}
   for m in methods:
     cell = results["cells"][m][index]
-    _, knob, values, fixed, scale = generalization.METHODS[m]
+    family, knob, values, fixed, scale = generalization.METHODS[m]
     lrs, knobs = cell["grid"]["lr"], cell["grid"][knob]
-    grids[m] = protocol.MethodGrid(tuple(lrs[:6]), knob, tuple(values),
-                                   dict(fixed), scale)
+    grids[m] = protocol.MethodGrid(generalization.LR_GRIDS[family], knob,
+                                   tuple(values), dict(fixed), scale)
     configs[m] = [{"lr": lr, knob: k, **fixed} for lr, k in zip(lrs, knobs)]
     metrics[m] = cell["per_config"]
     outputs[m] = [[{} for _ in cell["seeds"]] for _ in configs[m]]

@@ -20,16 +20,21 @@ TITLES = {"mnist1d": "MNIST-1D", "fashion_mnist": "Fashion-MNIST",
           "movielens": "MovieLens (NCF)", "digits": "scikit-learn digits"}
 
 
-def _isa(env: dict) -> str:
-  """The instruction set a CPU table was produced with, from its recorded
-  vector flags (empty where none were recorded): XLA:CPU's kernels differ
-  between AVX2 and AVX-512 hosts, so a table reproduces bit for bit only
-  on a host with its instruction set."""
-  flags = env.get("cpu_flags")
+def instruction_set(flags: list[str] | None) -> str:
+  """``"AVX-512"``, ``"AVX2"`` or ``""`` (unknown) from a CPU's vector flags
+  (``environment.cpu_flags`` of a results JSON, or
+  :func:`benchmarks.common.cpu_flags`): XLA:CPU's kernels differ between
+  AVX2 and AVX-512 hosts, so a table reproduces bit for bit only on a host
+  with its instruction set."""
   if not flags:
     return ""
-  return " (AVX-512)" if "avx512f" in flags else (
-      " (AVX2)" if "avx2" in flags else "")
+  return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+
+
+def _isa(env: dict) -> str:
+  """`` (AVX2)`` or `` (AVX-512)`` after a CPU table's model, or nothing."""
+  isa = instruction_set(env.get("cpu_flags"))
+  return f" ({isa})" if isa else ""
 
 
 def _provenance(results: dict) -> str:

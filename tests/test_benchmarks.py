@@ -750,6 +750,7 @@ def test_a_cpu_table_names_its_instruction_set():
       " (AVX-512)")
   assert report._isa({"cpu_flags": ["avx", "avx2", "fma"]}) == " (AVX2)"
   assert report._isa({}) == ""
+  assert report.instruction_set(["sse2"]) == ""
   line = report._provenance({"environment": {
       "backend": "cpu", "cpu_model": "AMD EPYC", "cpu_count": 2,
       "cpu_flags": ["avx2"], "command": "c", "git_commit": "abc"}})

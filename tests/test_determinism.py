@@ -84,16 +84,16 @@ def test_main_job_reprints_the_committed_table(tmp_path):
   byte (and the same per-seed metrics as the committed JSON), on a host
   with the instruction set the table was made with (another one gives
   other bits: README, "Same command, same bits")."""
-  from benchmarks import common
+  from benchmarks import common, report
   name = "generalization_mnist1d_quick"
   committed = ROOT / "benchmarks" / "results"
-  made_on = json.loads((committed / f"{name}.json").read_text())[
-      "environment"]["cpu_flags"]
-  isa = lambda flags: "AVX-512" if "avx512f" in flags else "AVX2"
-  if isa(made_on) != isa(common.cpu_flags()):
-    pytest.skip(f"the committed table was made on an {isa(made_on)} host, "
-                f"this one is {isa(common.cpu_flags())}: bits are promised "
-                "only on the same instruction set")
+  made_on = report.instruction_set(json.loads(
+      (committed / f"{name}.json").read_text())["environment"]["cpu_flags"])
+  here = report.instruction_set(common.cpu_flags())
+  if made_on != here:
+    pytest.skip(f"the committed table was made on an {made_on} host, this "
+                f"one is {here}: bits are promised only on the same "
+                "instruction set")
   proc = subprocess.run([sys.executable, "-m", "benchmarks.generalization",
                          "--out", str(tmp_path)], cwd=ROOT, text=True,
                         capture_output=True, timeout=3600)
