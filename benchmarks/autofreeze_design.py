@@ -4,7 +4,7 @@
         --optimizers lawn-adam lawn-adam-auto --batch-sizes 64 \\
         --seeds 100 101 102 103 104 105 106 107 \\
         --out benchmarks/results/design --tag _design_b64
-    python -m benchmarks.autofreeze_design \
+    python -m benchmarks.autofreeze_design \\
         benchmarks/results/design/generalization_*.json
 
 A generalization run that tunes ``lawn-adam-auto`` (learning rate x the
