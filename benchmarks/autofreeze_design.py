@@ -41,13 +41,13 @@ def tuning_of_cell(results: dict[str, Any], index: int,
   batch size) of a generalization results file, for ``methods``: every
   configuration's metrics on every seed, the grids as they were before any
   extension (the selection rule's tie-break reads their middle)."""
-  grids, configs, metrics, outputs, extensions = {}, {}, {}, {}, {}
+  grids = {m: g for family in generalization.method_grids(list(methods))
+           .values() for m, g in family.items()}
+  configs, metrics, outputs, extensions = {}, {}, {}, {}
   for m in methods:
     cell = results["cells"][m][index]
-    family, knob, values, fixed, scale = generalization.METHODS[m]
+    knob, fixed = grids[m].knob, grids[m].fixed
     lrs, knobs = cell["grid"]["lr"], cell["grid"][knob]
-    grids[m] = protocol.MethodGrid(generalization.LR_GRIDS[family], knob,
-                                   tuple(values), dict(fixed), scale)
     configs[m] = [{"lr": lr, knob: k, **fixed} for lr, k in zip(lrs, knobs)]
     metrics[m] = cell["per_config"]
     outputs[m] = [[{} for _ in cell["seeds"]] for _ in configs[m]]
