@@ -28,11 +28,11 @@ import optax
 
 from lawn_optax import _gating, _tree, autofreeze
 from lawn_optax.numerics import (
+    direct_norm,
     leaf_norm,
     norm_of_sum,
     rescaled_update,
     retraction_scale,
-    tracked_norm,
 )
 
 Retraction = Literal["exact", "lazy", "projection"]
@@ -78,9 +78,6 @@ class NormProjectionState:
     active: bool ``[]``, whether the step just taken acts (the projection
       rescales only then; LAWN's free phase and WRS between periods are
       left untouched).
-    scales: the targets' tree; float32 powers of two near each masked
-      weight's norm at the last update (the capture's squares are taken
-      relative to them: :func:`lawn_optax.numerics.tracked_norm`).
     rule, granularity, unit_axis, eps: the constraint's settings, static
       (pytree metadata, not leaves): the projection applies the same rule
       to the same norms as the chain would.
@@ -94,7 +91,6 @@ class NormProjectionState:
   """
   constraint: NormConstraintState
   active: Any  # bool []
-  scales: Any
   rule: Rule
   granularity: _tree.Granularity
   unit_axis: int
@@ -102,7 +98,7 @@ class NormProjectionState:
 
 
 jax.tree_util.register_dataclass(
-    NormProjectionState, data_fields=["constraint", "active", "scales"],
+    NormProjectionState, data_fields=["constraint", "active"],
     meta_fields=["rule", "granularity", "unit_axis", "eps"])
 
 
@@ -155,7 +151,12 @@ class Constraint(NamedTuple):
   def norm(self, w: jax.Array, u: jax.Array | None, t: jax.Array
            ) -> jax.Array:
     """The norm the rule sees (the mode): ``||w + u||`` exact, ``||w||``
-    lazy; the squares taken relative to the target ``t``."""
+    lazy, the squares taken relative to the target ``t`` (exact at any
+    magnitude); the projection's ``||w||`` from the squares of ``w`` itself
+    (:func:`lawn_optax.numerics.direct_norm`: a hand-written projection's
+    arithmetic, NaN for a norm beyond float32's range of squares)."""
+    if self.retraction == "projection":
+      return direct_norm(w, self.granularity, self.unit_axis)
     if self.retraction == "lazy" or u is None:
       return leaf_norm(w, self.granularity, self.unit_axis, t)
     return norm_of_sum(w, u, self.granularity, self.unit_axis, scale=t)
@@ -191,11 +192,7 @@ class Constraint(NamedTuple):
         trigger=() if self.auto is None else autofreeze.init())
     if self.retraction != "projection":
       return state
-    scales = sel.map(lambda w: tracked_norm(
-        w, leaf_norm(w, self.granularity, self.unit_axis), self.granularity,
-        self.unit_axis)[1], leaves)
-    return NormProjectionState(state, jnp.zeros([], bool),
-                               sel.unflatten(scales), self.rule,
+    return NormProjectionState(state, jnp.zeros([], bool), self.rule,
                                self.granularity, self.unit_axis, self.eps)
 
   def select(self, updates: Any, params: Any):
@@ -271,9 +268,8 @@ class Constraint(NamedTuple):
     ``lax.cond`` that reads the weights keeps XLA:CPU from writing
     ``apply_updates`` into the donated parameter buffer (one
     parameter-sized copy per step, seen in the memory analysis). So the
-    norm is taken on every step, one reduction with no branch (its squares
-    relative to the last norm seen, :func:`tracked_norm`), and kept on the
-    capture step only."""
+    norm is taken on every step, one reduction with no branch
+    (:meth:`norm`), and kept on the capture step only."""
     if not isinstance(state, NormProjectionState):
       raise _tree.swapped_state_error(state, "a NormProjectionState")
     inner = state.constraint
@@ -281,26 +277,22 @@ class Constraint(NamedTuple):
     ws = [w[i] for i in idx]
     active, trigger = self.phase(inner, ws)
     t_all = sel.flatten(inner.targets, "state.targets")
-    s_all = sel.flatten(state.scales, "state.scales")
     ts = [t_all[i] for i in idx]
     if self.target is None:
       first = inner.frozen_at < 0
       capture = first if active is None else active & first
-      measured = [tracked_norm(x, s_all[i], self.granularity, self.unit_axis)
-                  for x, i in zip(ws, idx)]
-      ts = [jnp.where(capture, n, t) for (n, _), t in zip(measured, ts)]
-      s_all = _gating.with_leaves(s_all, idx, [s for _, s in measured])
+      measured = [self.norm(x, None, t) for x, t in zip(ws, ts)]
+      ts = [jnp.where(capture, n, t) for n, t in zip(measured, ts)]
       # The updates (bits unchanged) wait for the norms, so the weights are
       # read before apply_updates writes them in place.
-      token = _gating.order_token([n for n, _ in measured])
+      token = _gating.order_token(measured)
       u, u_def = jax.tree.flatten(updates, is_leaf=_tree.is_masked_node)
       updates = jax.tree.unflatten(u_def, _gating.with_leaves(
           u, idx, [_gating.after(u[i], token) for i in idx]))
     return updates, dataclasses.replace(
         state, constraint=self.new_state(inner, sel, idx, t_all, ts, active,
                                          trigger),
-        active=jnp.ones([], bool) if active is None else active,
-        scales=sel.unflatten(s_all))
+        active=jnp.ones([], bool) if active is None else active)
 
 
 def project(params: Any, state: NormProjectionState, what: str,
@@ -334,16 +326,22 @@ def project(params: Any, state: NormProjectionState, what: str,
   # rescale both fuse with apply_updates, as in a hand-written projection.
   # The price: the norms are computed in LAWN's free phase too (k = 1 there).
   acts = jnp.asarray(state.active, bool) & took_step
-  # A NaN target (a capture out of range, tracked_norm) makes the weights
-  # NaN, loudly, where the rule alone would leave them unconstrained.
-  ks = [jnp.where(acts, jnp.where(jnp.isnan(t), t, c.scale(
-      t, c.norm(w, None, t))), 1.0) for w, t in zip(ws, ts)]
+  ks = [jnp.where(acts, _loud_scale(c, t, c.norm(w, None, t)), 1.0)
+        for w, t in zip(ws, ts)]
   rescaled = []
   for w, k in zip(ws, ks):
     dtype = _gating.compute_dtype(w)
     rescaled.append((w.astype(dtype) * k.astype(dtype)).astype(w.dtype))
   return jax.tree.unflatten(t_def, _gating.with_leaves(p_leaves, idx,
                                                        rescaled))
+
+
+def _loud_scale(c: Constraint, t: jax.Array, norm: jax.Array) -> jax.Array:
+  """The rule's factor, NaN where the target or the norm is NaN (a norm
+  out of :func:`direct_norm`'s range, now or at the capture): the weights
+  then turn NaN, loudly, where the rule alone would leave them
+  unconstrained."""
+  return jnp.where(jnp.isnan(t) | jnp.isnan(norm), jnp.nan, c.scale(t, norm))
 
 
 def make(mask: Any, target: Any, start_step: Any, period: Any,

@@ -14,10 +14,10 @@ import jax.numpy as jnp
 
 from lawn_optax import _gating, _tree
 
-__all__ = ["DEFAULT_EPS", "leaf_norm", "norm_of_sum", "norms",
+__all__ = ["DEFAULT_EPS", "direct_norm", "leaf_norm", "norm_of_sum", "norms",
            "radial_coefficient", "rescaled_update", "retract",
            "retraction_scale", "safe_div", "sum_squares", "sum_squares_of_sum",
-           "tangent", "tracked_norm"]
+           "tangent"]
 
 # Below this norm (of the weight the retraction would rescale) a direction is
 # too poorly defined to hold: the retraction then passes the update through
@@ -101,42 +101,33 @@ def leaf_norm(x: jax.Array, granularity: _tree.Granularity = "tensor",
 _SMALLEST_SQUARES = 1e-30
 
 
+def _in_range_each(ss: jax.Array) -> jax.Array:
+  return jnp.isfinite(ss) & (ss > _SMALLEST_SQUARES)
+
+
 def _in_range(ss: jax.Array) -> jax.Array:
-  return jnp.all(jnp.isfinite(ss) & (ss > _SMALLEST_SQUARES))
+  return jnp.all(_in_range_each(ss))
 
 
-# How far :func:`tracked_norm`'s scale moves when the norm left its range:
-# 2^60 keeps the squares of x / scale finite on the other side.
-_SCALE_STEP = 60
+def direct_norm(x: jax.Array, granularity: _tree.Granularity = "tensor",
+                unit_axis: int = -1) -> jax.Array:
+  """Float32 norm of ``x`` from its own squares: one reduction, no scale and
+  no conditional, the arithmetic of a hand-written ``jnp.linalg.norm``
+  (XLA:CPU's fast path for a sum of squares; a multiply by a scale per
+  element runs at half its speed, and a ``lax.cond`` that reads donated
+  weights makes XLA:CPU keep a parameter-sized copy of them). The
+  projection path's norm (``retraction="projection"``).
 
-
-def tracked_norm(x: jax.Array, scale: jax.Array,
-                 granularity: _tree.Granularity = "tensor",
-                 unit_axis: int = -1) -> tuple[jax.Array, jax.Array]:
-  """Float32 norm of ``x`` in one reduction with no conditional, and the
-  scale for the next call.
-
-  ``scale`` is a power of two near the norm (the last one seen): the squares
-  are of ``x / scale``, so the norm has :func:`leaf_norm`'s bits wherever
-  ``||x|| / scale`` is within float32's range of squares (about 1e-15 to
-  1e19). Out of it the norm is NaN (never a confident wrong value) and the
-  scale moves 2^60 toward it; in range the new scale follows the norm, so a
-  norm that drifts by less than that range per call is always exact. An
-  all-zero ``x`` has norm 0 and keeps its scale (so does one whose every
-  square underflows to zero, about 1e19 below the scale, as XLA flushes
-  denormals: a drop that no update of a tracked norm makes). No
-  conditional, so it fuses like any reduction: a ``lax.cond`` that reads
-  donated weights makes XLA:CPU keep a parameter-sized copy of them.
+  It has :func:`leaf_norm`'s bits wherever the squares are in float32's
+  range (a norm from about 1e-15 to 1.8e19, per tensor or unit); out of it
+  the norm is NaN, never a confident wrong value. An all-zero ``x`` has
+  norm 0, and so does one whose every square underflows (every ``|x|``
+  below about 1e-19, as XLA flushes denormals), which the rule then treats
+  as the chain treats a norm at most ``norm_eps``.
   """
-  s = _unit(scale)
-  ss = sum_squares(x, granularity, unit_axis, s)
-  in_range = jnp.isfinite(ss) & (ss > _SMALLEST_SQUARES)
-  norm = jnp.where(in_range | (ss == 0), s * _norm_from_squares(ss),
+  ss = sum_squares(x, granularity, unit_axis)
+  return jnp.where(_in_range_each(ss) | (ss == 0), _norm_from_squares(ss),
                    jnp.nan)
-  step = jnp.where(ss > 1.0, _SCALE_STEP, -_SCALE_STEP).astype(jnp.int32)
-  moved = jnp.where(ss == 0, s,  # zero weights (or a NaN): keep the scale
-                    jnp.ldexp(s, jnp.where(jnp.isnan(ss), 0, step)))
-  return norm, jnp.where(in_range, _unit(norm), _unit(moved))
 
 
 def _max_abs_then(x: jax.Array, granularity: str, unit_axis: int

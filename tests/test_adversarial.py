@@ -170,33 +170,25 @@ def test_weight_norms_of_huge_and_tiny_arrays_are_exact():
 
 
 @pytest.mark.numerics
-def test_tracked_norm_is_leaf_norm_in_range_and_nan_out_of_it():
-  """The projection path's capture: the bits of leaf_norm wherever the
-  squares relative to the scale are in range (a power-of-two scale shifts
-  exponents only); NaN, never a confident wrong norm, out of range, with
-  the scale moved 2^60 toward the norm; zeros keep their scale."""
-  from lawn_optax.numerics import leaf_norm, tracked_norm
+def test_direct_norm_is_leaf_norm_in_range_and_nan_out_of_it():
+  """The projection path's norm: the bits of leaf_norm wherever the squares
+  are in float32's range; NaN, never a confident wrong norm, out of it (per
+  unit: only the units out of range); zeros have norm 0."""
+  from lawn_optax.numerics import direct_norm, leaf_norm
   rng = np.random.default_rng(3)
-  for size in (1e-25, 1e-3, 1.0, 7e4, 1e25):
+  for size in (1e-14, 1e-3, 1.0, 7e4, 1e18):
     x = jnp.asarray(size * rng.standard_normal((6, 5)), jnp.float32)
     for gran in ("tensor", "unit"):
-      want = leaf_norm(x, gran, -1)
-      got, scale = tracked_norm(x, want * 3.7, gran, -1)
-      np.testing.assert_array_equal(got, want)
-      # The next scale: a power of two within a factor 2 below the norm.
-      ratio = np.asarray(want / scale)
-      assert np.all((ratio >= 1) & (ratio < 2)), (size, gran)
-      assert np.all(np.log2(np.asarray(scale)) % 1 == 0)
-  x = jnp.full((4,), 1e20, jnp.float32)
-  got, scale = tracked_norm(x, jnp.float32(1.0))    # squares overflow
-  assert np.isnan(got) and float(scale) == 2.0**60
-  got, scale = tracked_norm(x, scale)                # 1e20 / 2^60: in range
-  assert float(got) == pytest.approx(2e20, rel=1e-6)
-  got, scale = tracked_norm(jnp.full((4,), 1e-17, jnp.float32),
-                            jnp.float32(1.0))        # squares underflow
-  assert np.isnan(got) and float(scale) == 2.0**-60
-  got, scale = tracked_norm(jnp.zeros((4,)), jnp.float32(8.0))
-  assert float(got) == 0.0 and float(scale) == 8.0
+      np.testing.assert_array_equal(direct_norm(x, gran, -1),
+                                    leaf_norm(x, gran, -1))
+  for size in (1e20, 1e-17):          # squares overflow / underflow
+    x = jnp.full((4, 3), size, jnp.float32)
+    assert np.isnan(float(direct_norm(x)))
+    assert float(leaf_norm(x)) == pytest.approx(size * np.sqrt(12), rel=1e-6)
+  x = jnp.ones((4, 3), jnp.float32).at[:, 1].set(1e20)
+  got = np.asarray(direct_norm(x, "unit", -1)).ravel()
+  assert np.isnan(got[1]) and np.all(got[[0, 2]] == np.float32(2.0))
+  assert float(direct_norm(jnp.zeros((4,)))) == 0.0
 
 
 # 4. Weights with norm below norm_eps.
