@@ -260,8 +260,9 @@ METHODS: dict[str, Method] = {
     "lawn-adamw": ("adam", "wd", (0.01, 0.1, 1.0),
                    {"lawn": 1.0, "free_frac": 0.5}, "log"),
     # free_steps="auto": the rule's threshold is its second axis; its
-    # default (0.1) in the middle, so "auto at its default" is a subset.
-    "lawn-adam-auto": ("adam", "auto_threshold", (0.03, 0.1, 0.3),
+    # default (0.3) in the middle, logit-spaced, so "auto at its default"
+    # is a subset.
+    "lawn-adam-auto": ("adam", "auto_threshold", (0.1, 0.3, 0.623),
                        {"lawn": 1.0, "auto": 1.0}, "logit"),
     "sgdm": ("sgdm", "momentum", (0.8, 0.9, 0.95), {}, "log1m"),
     "sgdm-wd": ("sgdm", "wd", (1e-4, 1e-3, 1e-2), {}, "log"),

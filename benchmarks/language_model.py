@@ -57,9 +57,9 @@ def method_grids(lrs: tuple[float, ...]) -> dict[str, MethodGrid]:
       "lawn-adamw": MethodGrid(lrs, "wd", (0.3, 1.0, 3.0),
                                {**lm, "lawn": 1.0, "free_frac": 0.5,
                                 "decay_constrained": 0.0}),
-      # free_steps="auto", its threshold as the second axis (default 0.1
+      # free_steps="auto", its threshold as the second axis (default 0.3
       # in the middle: "auto at its default" is the lr-only subset).
-      "lawn-adam-auto": MethodGrid(lrs, "auto_threshold", (0.03, 0.1, 0.3),
+      "lawn-adam-auto": MethodGrid(lrs, "auto_threshold", (0.1, 0.3, 0.623),
                                    {**lm, "lawn": 1.0, "auto": 1.0},
                                    "logit"),
   }

@@ -3,9 +3,9 @@
 # another, with --out benchmarks/results (each job's log in .runs/, progress
 # in .runs/progress.log). Jobs, in the default order (the retraction
 # ablation reads the MNIST-1D table's choices, so it follows it):
-#   quick mnist1d retraction b2048 sgd fashion fashion8k movielens lm lm12k
+#   quick mnist1d retraction b2048 sgd fashion movielens lm lm12k
 #   regime_b64 regime_b512 regime_b512_all regime_b2048 regime_b2048_all
-#   regime_fashion regime_fashion_800 design overhead
+#   regime_fashion design overhead
 # Split them over two queues side by side (two shells, a job list each), but
 # run `overhead` alone on an idle machine: it times things. On the AVX-512
 # host of 2026-12-05 a job took 1-15 min on one core (the main job 4, the
@@ -27,9 +27,9 @@ run() {
   echo "== $name end $(date -u +%H:%M:%S) rc=$rc" >> .runs/progress.log
 }
 jobs=("$@")
-[ ${#jobs[@]} -eq 0 ] && jobs=(quick mnist1d retraction b2048 sgd fashion fashion8k movielens lm lm12k
+[ ${#jobs[@]} -eq 0 ] && jobs=(quick mnist1d retraction b2048 sgd fashion movielens lm lm12k
   regime_b64 regime_b512 regime_b512_all regime_b2048 regime_b2048_all regime_fashion
-  regime_fashion_800 design overhead)
+  design overhead)
 seeds="100 101 102 103 104 105 106 107"   # the design runs' seeds (never 0-7)
 for job in "${jobs[@]}"; do
   case $job in
@@ -38,7 +38,6 @@ for job in "${jobs[@]}"; do
     retraction) run retraction python -m benchmarks.retraction --out benchmarks/results ;;
     sgd) run sgd python -m benchmarks.generalization --preset mnist1d-sgd-lamb --batch-sizes 64 512 --epochs 15 --max-extensions 4 --out benchmarks/results ;;
     fashion) run fashion python -m benchmarks.generalization --preset fashion-cpu --optimizers adam adamw lawn-adam lawn-adam-auto --batch-sizes 256 1024 --epochs 6 --max-extensions 4 --out benchmarks/results ;;
-    fashion8k) run fashion8k python -m benchmarks.generalization --preset fashion-cpu --batch-sizes 512 --epochs 100 --max-train 8192 --out benchmarks/results --tag _8k_1600steps ;;
     movielens) run movielens python -m benchmarks.generalization --preset movielens-cpu --batch-sizes 256 1024 --epochs 2 --max-extensions 4 --out benchmarks/results ;;
     lm) run lm python -m benchmarks.language_model --cpu --out benchmarks/results ;;
     lm12k) run lm12k python -m benchmarks.language_model --preset cpu-12k --out benchmarks/results ;;
@@ -49,7 +48,6 @@ for job in "${jobs[@]}"; do
     regime_b2048) run regime_b2048 python -m benchmarks.regime --batch-sizes 2048 --steps 100 400 --optimizers adam adamw lawn-adam --out benchmarks/results --tag _b2048 ;;
     regime_b2048_all) run regime_b2048_all python -m benchmarks.regime --batch-sizes 2048 --steps 400 --optimizers adam adamw lawn-adam lawn-adamw lawn-adam-auto --out benchmarks/results --tag _b2048_all ;;
     regime_fashion) run regime_fashion python -m benchmarks.regime --preset fashion --out benchmarks/results ;;
-    regime_fashion_800) run regime_fashion_800 python -m benchmarks.regime --preset fashion --steps 800 --out benchmarks/results --tag _800 ;;
     design)
       d=benchmarks/results/design
       run design_b64 python -m benchmarks.generalization --preset mnist1d --optimizers lawn-adam lawn-adam-auto --batch-sizes 64 --seeds $seeds --out $d --tag _design_b64

@@ -49,7 +49,7 @@ Example:
   ...   u, state = update(g, state, params)
   ...   params = optax.apply_updates(params, u)
   >>> int(lo.frozen_at(state))
-  190
+  60
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class AutoFreeze(NamedTuple):
     >>> int(lo.frozen_at(tx.init({'w': jnp.ones((3, 2))})))
     -1
   """
-  threshold: Any = 0.1
+  threshold: Any = 0.3
   every: int = 10
   latest: Any = None
 

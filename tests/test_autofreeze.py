@@ -78,7 +78,8 @@ def test_the_rule_freezes_where_numpy_says(threshold, every):
 def test_default_is_auto_free_steps_string():
   a = lo.lawn_sgd(LR, mask=MASK, free_steps="auto")
   b = lo.lawn_sgd(LR, mask=MASK, free_steps=lo.AutoFreeze())
-  want, _ = reference_freeze(0.1, 10, 400)
+  assert lo.AutoFreeze().threshold == 0.3 and lo.AutoFreeze().every == 10
+  want, _ = reference_freeze(0.3, 10, 400)
   for tx in (a, b):
     _, state, _ = _train(tx, want + 1)
     assert int(lo.frozen_at(state)) == want

@@ -772,4 +772,4 @@ def test_rerun_all_holds_every_committed_tables_command():
     if env["command"] not in script:
       missing.append(path.name)
   assert not missing, missing
-  assert len(paths) > 20
+  assert len(paths) >= 19   # a guard against a glob that finds nothing
