@@ -3,14 +3,14 @@
 # another, with --out benchmarks/results (each job's log in .runs/, progress
 # in .runs/progress.log). Jobs, in the default order (the retraction
 # ablation reads the MNIST-1D table's choices, so it follows it):
-#   quick mnist1d retraction b2048 sgd fashion fashion8k movielens lm lm12k
+#   quick mnist1d retraction b2048 sgd fashion movielens lm lm12k
 #   regime_b64 regime_b512 regime_b512_all regime_b2048 regime_b2048_all
 #   regime_fashion design overhead
 # Split them over two queues side by side (two shells, a job list each), but
 # run `overhead` alone on an idle machine: it times things. The full re-run of
 # 2026-12-06 (AVX-512 host, each job on one core beside the other queue):
 # quick 4 min, mnist1d 26, retraction 1, b2048 25, sgd 19, fashion 16,
-# fashion8k ~40 (alone on its core), movielens 14, lm 15, lm12k 8, regime_* 2-13 (regime_fashion 13),
+# movielens 14, lm 15, lm12k 8, regime_* 2-13 (regime_fashion 13),
 # design 12; about 95 min on two queues, then overhead alone; on the slower
 # AVX2 hosts before it, 10-120 min a job.
 # A table reproduces bit for bit only on a host with its instruction set
@@ -29,7 +29,7 @@ run() {
   echo "== $name end $(date -u +%H:%M:%S) rc=$rc" >> .runs/progress.log
 }
 jobs=("$@")
-[ ${#jobs[@]} -eq 0 ] && jobs=(quick mnist1d retraction b2048 sgd fashion fashion8k movielens lm lm12k
+[ ${#jobs[@]} -eq 0 ] && jobs=(quick mnist1d retraction b2048 sgd fashion movielens lm lm12k
   regime_b64 regime_b512 regime_b512_all regime_b2048 regime_b2048_all regime_fashion
   design overhead)
 seeds="100 101 102 103 104 105 106 107"   # the design runs' seeds (never 0-7)
@@ -40,7 +40,6 @@ for job in "${jobs[@]}"; do
     retraction) run retraction python -m benchmarks.retraction --out benchmarks/results ;;
     sgd) run sgd python -m benchmarks.generalization --preset mnist1d-sgd-lamb --batch-sizes 64 512 --epochs 15 --max-extensions 4 --out benchmarks/results ;;
     fashion) run fashion python -m benchmarks.generalization --preset fashion-cpu --optimizers adam adamw lawn-adam lawn-adam-auto --batch-sizes 256 1024 --epochs 6 --max-extensions 4 --out benchmarks/results ;;
-    fashion8k) run fashion8k python -m benchmarks.generalization --preset fashion-cpu --optimizers adam adamw lawn-adam --batch-sizes 512 --epochs 100 --max-train 8192 --out benchmarks/results --tag _8k_1600steps ;;
     movielens) run movielens python -m benchmarks.generalization --preset movielens-cpu --batch-sizes 256 1024 --epochs 2 --max-extensions 4 --out benchmarks/results ;;
     lm) run lm python -m benchmarks.language_model --cpu --out benchmarks/results ;;
     lm12k) run lm12k python -m benchmarks.language_model --preset cpu-12k --out benchmarks/results ;;
