@@ -50,7 +50,7 @@ for job in "${jobs[@]}"; do
     regime_b512_all) run regime_b512_all python -m benchmarks.regime --batch-sizes 512 --steps 400 --optimizers adam adamw lawn-adam lawn-adamw lawn-adam-auto --out benchmarks/results --tag _b512_all ;;
     regime_b2048) run regime_b2048 python -m benchmarks.regime --batch-sizes 2048 --steps 100 400 --optimizers adam adamw lawn-adam --out benchmarks/results --tag _b2048 ;;
     regime_b2048_all) run regime_b2048_all python -m benchmarks.regime --batch-sizes 2048 --steps 400 --optimizers adam adamw lawn-adam lawn-adamw lawn-adam-auto --out benchmarks/results --tag _b2048_all ;;
-    regime_fashion) run regime_fashion python -m benchmarks.regime --preset fashion --steps 400 1600 3200 --out benchmarks/results ;;
+    regime_fashion) run regime_fashion python -m benchmarks.regime --preset fashion --out benchmarks/results ;;
     regime_fashion_4800) run regime_fashion_4800 python -m benchmarks.regime --preset fashion --steps 4800 --out benchmarks/results --tag _4800 ;;
     design)
       d=benchmarks/results/design
