@@ -20,8 +20,7 @@ cell; the JSON is written after every cell (``"complete": false`` until the
 last), so a map can be built by several commands, each under 40 minutes on
 2 cores, with ``--tag``. ``--preset fashion``: the same question on a second
 task (Fashion-MNIST, 8,192 training images, batch 512, 400, 1,600 and 3,200
-steps, 36 min on one core; ``--steps 4800 --tag _4800`` adds one more cell,
-39 min).
+steps, 37 min on one core).
 ``--tiny``: the same code on scikit-learn's digits at toy sizes (CI).
 """
 

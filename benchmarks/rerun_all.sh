@@ -5,15 +5,14 @@
 # ablation reads the MNIST-1D table's choices, so it follows it):
 #   quick mnist1d retraction b2048 sgd fashion movielens lm lm12k
 #   regime_b64 regime_b512 regime_b512_all regime_b2048 regime_b2048_all
-#   regime_fashion regime_fashion_4800 design overhead
+#   regime_fashion design overhead
 # Split them over two queues side by side (two shells, a job list each), but
 # run `overhead` alone on an idle machine: it times things. The full re-run of
 # 2026-12-06 (AVX-512 host, each job on one core beside the other queue):
 # quick 4 min, mnist1d 26, retraction 1, b2048 25, sgd 19, fashion 16,
 # movielens 14, lm 15, lm12k 8, regime_* 2-13, design 12; about 95 min on
-# two queues, then overhead alone (regime_fashion 36 and regime_fashion_4800
-# 39, side by side on the same host, came later); on the slower AVX2 hosts
-# before it, 10-120 min a job.
+# two queues, then overhead alone (regime_fashion, 37 min at 3,200 steps,
+# came later); on the slower AVX2 hosts before it, 10-120 min a job.
 # A table reproduces bit for bit only on a host with its instruction set
 # (README, "Same command, same bits"): re-run every table on one host type.
 # tests/test_benchmarks.py checks that every committed table's recorded
@@ -32,7 +31,7 @@ run() {
 jobs=("$@")
 [ ${#jobs[@]} -eq 0 ] && jobs=(quick mnist1d retraction b2048 sgd fashion movielens lm lm12k
   regime_b64 regime_b512 regime_b512_all regime_b2048 regime_b2048_all regime_fashion
-  regime_fashion_4800 design overhead)
+  design overhead)
 seeds="100 101 102 103 104 105 106 107"   # the design runs' seeds (never 0-7)
 for job in "${jobs[@]}"; do
   case $job in
@@ -51,7 +50,6 @@ for job in "${jobs[@]}"; do
     regime_b2048) run regime_b2048 python -m benchmarks.regime --batch-sizes 2048 --steps 100 400 --optimizers adam adamw lawn-adam --out benchmarks/results --tag _b2048 ;;
     regime_b2048_all) run regime_b2048_all python -m benchmarks.regime --batch-sizes 2048 --steps 400 --optimizers adam adamw lawn-adam lawn-adamw lawn-adam-auto --out benchmarks/results --tag _b2048_all ;;
     regime_fashion) run regime_fashion python -m benchmarks.regime --preset fashion --out benchmarks/results ;;
-    regime_fashion_4800) run regime_fashion_4800 python -m benchmarks.regime --preset fashion --steps 4800 --out benchmarks/results --tag _4800 ;;
     design)
       d=benchmarks/results/design
       run design_b64 python -m benchmarks.generalization --preset mnist1d --optimizers lawn-adam lawn-adam-auto --batch-sizes 64 --seeds $seeds --out $d --tag _design_b64
